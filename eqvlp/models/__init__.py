@@ -1,0 +1,20 @@
+"""Towers and whole models, their configs and named presets."""
+
+from eqvlp.models.clip import CLIP, l2_normalize
+from eqvlp.models.config import CLIPConfig, TextConfig, ViTConfig
+from eqvlp.models.presets import PRESETS, config, create
+from eqvlp.models.text import TextTransformer
+from eqvlp.models.vit import ViT
+
+__all__ = [
+    "CLIP",
+    "CLIPConfig",
+    "PRESETS",
+    "TextConfig",
+    "TextTransformer",
+    "ViT",
+    "ViTConfig",
+    "config",
+    "create",
+    "l2_normalize",
+]

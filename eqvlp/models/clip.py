@@ -1,0 +1,98 @@
+"""Two-tower contrastive models: CLIP (softmax loss) and SigLIP (sigmoid loss).
+
+`encode_image` / `encode_text` return projected, un-normalised embeddings, like
+transformers' `get_image_features` / `get_text_features`; losses normalise them.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from eqvlp.models.config import CLIPConfig
+from eqvlp.models.text import TextTransformer
+from eqvlp.models.vit import ViT
+from eqvlp.nn.precision import cast_floating
+
+
+def l2_normalize(x: Float[Array, "batch dim"], eps: float = 1e-6) -> Float[Array, "batch dim"]:
+    """`x / (||x|| + eps)` row by row; a zero row stays zero instead of becoming NaN."""
+    return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
+
+
+class CLIP(eqx.Module):
+    """An image tower, a text tower and the learned logit scale (and bias, for SigLIP).
+
+    `logit_scale` holds `log(scale)`; `scale()` applies `exp` and the clamp.
+    """
+
+    image: ViT
+    text: TextTransformer
+    logit_scale: Float[Array, ""]
+    logit_bias: Float[Array, ""] | None
+    config: CLIPConfig = eqx.field(static=True)
+
+    def __init__(self, config: CLIPConfig, *, key: PRNGKeyArray):
+        ki, kt = jax.random.split(key)
+        self.config = config
+        self.image = ViT(config.vision, key=ki)
+        self.text = TextTransformer(config.text, key=kt)
+        self.logit_scale = jnp.asarray(config.initial_logit_scale, jnp.float32)
+        bias = config.initial_logit_bias
+        self.logit_bias = None if bias is None else jnp.asarray(bias, jnp.float32)
+
+    def encode_image(
+        self, images: Float[Array, "batch height width 3"]
+    ) -> Float[Array, "batch embed"]:
+        """Projected image embeddings (float32) of a batch of float images."""
+        expected = self.config.vision.image_shape
+        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+            raise ValueError(
+                f"encode_image expects images of shape (batch, {', '.join(map(str, expected))}), "
+                f"got {tuple(images.shape)}: resize to {expected[0]}x{expected[1]} RGB, or build "
+                "the model with ViTConfig(image_size=...)"
+            )
+        if not jnp.issubdtype(images.dtype, jnp.floating):
+            raise TypeError(
+                f"encode_image expects float images, got {images.dtype}: convert them, "
+                "e.g. images.astype(jnp.float32) / 127.5 - 1"
+            )
+        tower = cast_floating(self.image, self.config.dtype)
+        out = jax.vmap(tower)(images.astype(self.config.dtype))
+        return out.astype(jnp.float32)
+
+    def encode_text(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch embed"]:
+        """Projected text embeddings (float32) of a batch of token id sequences."""
+        length = self.config.text.context_length
+        if token_ids.ndim != 2 or token_ids.shape[1] > length:
+            raise ValueError(
+                f"encode_text expects token ids of shape (batch, {length}) (or shorter), got "
+                f"{tuple(token_ids.shape)}: tokenize with context_length={length}, or set "
+                f"TextConfig.context_length={token_ids.shape[-1]}"
+            )
+        tower = cast_floating(self.text, self.config.dtype)
+        return jax.vmap(tower)(token_ids).astype(jnp.float32)
+
+    def scale(self) -> Float[Array, ""]:
+        """The logit multiplier `exp(logit_scale)`, clamped at `max_logit_scale`."""
+        scale = jnp.exp(self.logit_scale)
+        if self.config.max_logit_scale is not None:
+            scale = jnp.minimum(scale, self.config.max_logit_scale)
+        return scale
+
+    def bias(self) -> Float[Array, ""]:
+        """The logit bias (zero for softmax models)."""
+        return jnp.zeros((), jnp.float32) if self.logit_bias is None else self.logit_bias
+
+    def __call__(
+        self, images: Float[Array, "batch height width 3"], token_ids: Int[Array, "batch2 length"]
+    ) -> tuple[Float[Array, "batch embed"], Float[Array, "batch2 embed"]]:
+        """Both towers' embeddings, un-normalised."""
+        return self.encode_image(images), self.encode_text(token_ids)
+
+    def logits(
+        self, images: Float[Array, "batch height width 3"], token_ids: Int[Array, "batch2 length"]
+    ) -> Float[Array, "batch batch2"]:
+        """Image-to-text logits: `scale * cos(image, text) + bias`."""
+        zimg, ztxt = self(images, token_ids)
+        return self.scale() * l2_normalize(zimg) @ l2_normalize(ztxt).T + self.bias()
