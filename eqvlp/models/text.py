@@ -15,7 +15,7 @@ class TextTransformer(eqx.Module):
     Sequences may be shorter than `context_length` (the first positions are used).
     """
 
-    token_embedding: Float[Array, "vocab width"]
+    token_embedding: Float[Array, "vocab dim"]
     position_embedding: LearnedPositionEmbedding
     encoder: Encoder
     final_norm: LayerNorm
@@ -43,7 +43,7 @@ class TextTransformer(eqx.Module):
             if c.projection_dim else None
         )
 
-    def embed(self, token_ids: Int[Array, " length"]) -> Float[Array, "length width"]:
+    def embed(self, token_ids: Int[Array, " length"]) -> Float[Array, "length dim"]:
         """Token embeddings plus the first `length` position embeddings."""
         length = token_ids.shape[0]
         x = jnp.take(self.token_embedding, token_ids, axis=0)

@@ -22,7 +22,7 @@ class ViT(eqx.Module):
     """A Vision Transformer that maps one image `(H, W, 3)` to one embedding."""
 
     patch_embedding: PatchEmbedding
-    class_token: Float[Array, "1 width"] | None
+    class_token: Float[Array, "1 dim"] | None
     position_embedding: LearnedPositionEmbedding | SinCosPositionEmbedding
     pre_norm: LayerNorm | None
     encoder: Encoder
@@ -64,7 +64,7 @@ class ViT(eqx.Module):
             if c.projection_dim else None
         )
 
-    def embed(self, image: Float[Array, "height width 3"]) -> Float[Array, "tokens width"]:
+    def embed(self, image: Float[Array, "height width 3"]) -> Float[Array, "tokens dim"]:
         """Patch tokens (with CLS first) plus position embeddings, before the encoder.
 
         Token-dropping methods (CLIPA masking) act on this output.
@@ -74,7 +74,7 @@ class ViT(eqx.Module):
             x = jnp.concatenate([self.class_token.astype(x.dtype), x], axis=0)
         return self.position_embedding(x)
 
-    def encode_tokens(self, x: Float[Array, "tokens width"]) -> Float[Array, " out_dim"]:
+    def encode_tokens(self, x: Float[Array, "tokens dim"]) -> Float[Array, " out_dim"]:
         """Encoder, final LN, pooling and projection of an embedded token sequence."""
         if self.pre_norm is not None:
             x = self.pre_norm(x)

@@ -6,6 +6,7 @@ Every attention in eqvlp (self-attention in blocks, the MAP pooling probe) goes 
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from einops import rearrange
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
@@ -22,6 +23,9 @@ def dot_product_attention(
 ) -> Float[Array, "q_seq heads head_dim"]:
     """Softmax attention for one example, scaled by `1/sqrt(head_dim)`.
 
+    Logits and softmax are computed in float32 whatever the input dtype (the XLA path; the
+    kernels issue adds Pallas/cuDNN implementations behind this same function).
+
     **Arguments:**
 
     - `q`, `k`, `v`: queries, keys and values of one example.
@@ -30,11 +34,17 @@ def dot_product_attention(
 
     **Returns:** the attended values, shaped like `q`.
     """
-    full_mask = None if mask is None else mask[None, None, None, :]
-    out = jax.nn.dot_product_attention(
-        q[None], k[None], v[None], mask=full_mask, is_causal=causal
-    )
-    return out[0]
+    logits = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (q.shape[-1] ** -0.5)
+    allowed = None if mask is None else mask[None, None, :]
+    if causal:
+        lower = jnp.tril(jnp.ones((q.shape[0], k.shape[0]), bool))[None]
+        allowed = lower if allowed is None else allowed & lower
+    if allowed is not None:
+        # a large finite negative, not -inf: a fully masked row gives uniform weights, not NaN
+        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    return jnp.einsum("hqk,khd->qhd", weights, v)
 
 
 class MultiheadAttention(eqx.Module):

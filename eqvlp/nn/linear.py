@@ -44,6 +44,11 @@ class Linear(eqx.Module):
     def __call__(
         self, x: Float[Array, "*batch in_features"]
     ) -> Float[Array, "*batch out_features"]:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Linear expects inputs of shape (..., {self.in_features}), got "
+                f"{tuple(x.shape)}: the last axis must be the layer's input width"
+            )
         y = x @ self.weight.astype(x.dtype)
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)

@@ -3,10 +3,11 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.typing import DTypeLike
 from jaxtyping import PyTree
 
 
-def cast_floating(tree: PyTree, dtype: jnp.dtype | str) -> PyTree:
+def cast_floating(tree: PyTree, dtype: DTypeLike) -> PyTree:
     """Casts every floating-point array leaf to `dtype`; other leaves are left alone.
 
     Casting a module just before calling it keeps float32 master parameters: gradients flow
