@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from eqvlp.masking.image import ImageMask
 from eqvlp.models.config import CLIPConfig
 from eqvlp.models.text import TextTransformer
 from eqvlp.models.vit import ViT
@@ -42,9 +43,17 @@ class CLIP(eqx.Module):
         self.logit_bias = None if bias is None else jnp.asarray(bias, jnp.float32)
 
     def encode_image(
-        self, images: Float[Array, "batch height width 3"]
+        self,
+        images: Float[Array, "batch height width 3"],
+        *,
+        mask: ImageMask | None = None,
+        key: PRNGKeyArray | None = None,
     ) -> Float[Array, "batch embed"]:
-        """Projected image embeddings (float32) of a batch of float images."""
+        """Projected image embeddings (float32) of a batch of float images.
+
+        With `mask` (CLIPA token reduction), each image keeps a random subset of its patch
+        tokens after position embeddings; `key` is split into one key per image.
+        """
         expected = self.config.vision.image_shape
         if images.ndim != 4 or tuple(images.shape[1:]) != expected:
             raise ValueError(
@@ -58,8 +67,19 @@ class CLIP(eqx.Module):
                 "e.g. images.astype(jnp.float32) / 127.5 - 1"
             )
         tower = cast_floating(self.image, self.config.dtype)
-        out = jax.vmap(tower)(images.astype(self.config.dtype))
-        return out.astype(jnp.float32)
+        images = images.astype(self.config.dtype)
+        if mask is None:
+            return jax.vmap(tower)(images).astype(jnp.float32)
+        if key is None:
+            raise ValueError("encode_image with a mask needs key=: the mask is random per image")
+        vision = self.config.vision
+
+        def reduced(image, k):
+            tokens = mask(tower.embed(image), k, grid=vision.grid, num_prefix=vision.num_prefix)
+            return tower.encode_tokens(tokens)
+
+        keys = jax.random.split(key, images.shape[0])
+        return jax.vmap(reduced)(images, keys).astype(jnp.float32)
 
     def encode_text(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch embed"]:
         """Projected text embeddings (float32) of a batch of token id sequences."""

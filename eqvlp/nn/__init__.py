@@ -15,6 +15,7 @@ from eqvlp.nn.precision import cast_floating
 from eqvlp.nn.position import (
     LearnedPositionEmbedding,
     SinCosPositionEmbedding,
+    resample_1d,
     resample_grid,
     sincos_2d,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "patch_grid",
     "pool",
     "quick_gelu",
+    "resample_1d",
     "resample_grid",
     "sincos_2d",
 ]

@@ -61,6 +61,21 @@ def resample_grid(
     return jnp.concatenate([prefix, resized.reshape(nh * nw, -1).astype(table.dtype)], axis=0)
 
 
+def resample_1d(
+    table: Float[Array, "length dim"], new_length: int, *, method: str = "linear"
+) -> Float[Array, "new_length dim"]:
+    """Interpolates a 1-D table of position embeddings (text) to another length."""
+    methods = {"linear": "linear", "cubic": "cubic", "nearest": "nearest"}
+    if method not in methods:
+        raise ValueError(f"unknown resampling method {method!r}: use one of {sorted(methods)}")
+    if new_length == table.shape[0]:
+        return table
+    resized = jax.image.resize(
+        table, (new_length, table.shape[1]), method=methods[method], antialias=False
+    )
+    return resized.astype(table.dtype)
+
+
 class LearnedPositionEmbedding(eqx.Module):
     """A learned `(tokens, dim)` table added to the sequence."""
 
