@@ -1,6 +1,7 @@
 """Named model presets and `create(name, *, key)`.
 
-Widths and depths follow OpenAI CLIP / open_clip (CLIP) and SigLIP (siglip-vit-b16).
+Widths and depths follow OpenAI CLIP / open_clip (CLIP), SigLIP (siglip-vit-b16) and
+big_vision's CLIPPO (clippo-vit-b16: one B/16 ViT with MAP pooling and a 768-d head).
 """
 
 import dataclasses
@@ -9,7 +10,14 @@ from collections.abc import Callable
 from jaxtyping import PRNGKeyArray
 
 from eqvlp.models.clip import CLIP
+from eqvlp.models.clippo import CLIPPO, CLIPPOConfig
 from eqvlp.models.config import CLIPConfig, TextConfig, ViTConfig
+from eqvlp.models.onetower import OneTowerCLIP, OneTowerConfig
+
+ModelConfig = CLIPConfig | CLIPPOConfig | OneTowerConfig
+Model = CLIP | CLIPPO | OneTowerCLIP
+# Which model class a config builds.
+MODEL_CLASSES = {CLIPConfig: CLIP, CLIPPOConfig: CLIPPO, OneTowerConfig: OneTowerCLIP}
 
 # OpenAI CLIP towers: pre-LN on patches, quick-GELU, LayerNorm eps 1e-5, causal text, argmax pool.
 _OPENAI = dict(activation="quick_gelu", layer_norm_eps=1e-5)
@@ -25,7 +33,7 @@ def _clip(vision: ViTConfig, text_width: int, text_heads: int, embed_dim: int) -
     return CLIPConfig(vision=vision, text=text, loss="softmax")
 
 
-PRESETS: dict[str, Callable[[], CLIPConfig]] = {
+PRESETS: dict[str, Callable[[], ModelConfig]] = {
     "clip-tiny": lambda: CLIPConfig(
         vision=ViTConfig.tiny(projection_dim=32),
         text=TextConfig.tiny(projection_dim=32),
@@ -51,10 +59,23 @@ PRESETS: dict[str, Callable[[], CLIPConfig]] = {
         ),
         loss="sigmoid",
     ),
+    # CLIPPO: one ViT for photos and rendered text (64 px holds 4 lines of about 10 characters).
+    "clippo-tiny": lambda: CLIPPOConfig(
+        vision=ViTConfig.tiny(image_size=64, patch_size=16, class_token=False, pooling="map",
+                              projection_dim=32, projection_bias=True, activation="gelu_tanh"),
+    ),
+    "clippo-vit-b16": lambda: CLIPPOConfig(),
+    # 1T-CLIP: one shared transformer, patch embedding for images, token embedding for text.
+    "onetower-clip-tiny": lambda: OneTowerConfig(
+        vision=ViTConfig.tiny(class_token=False, pooling="map", projection_dim=32,
+                              projection_bias=True, activation="gelu_tanh"),
+        vocab_size=1000, context_length=16,
+    ),
+    "onetower-clip-vit-b16": lambda: OneTowerConfig(),
 }
 
 
-def config(name: str) -> CLIPConfig:
+def config(name: str) -> ModelConfig:
     """The config of a named preset."""
     try:
         return PRESETS[name]()
@@ -62,9 +83,11 @@ def config(name: str) -> CLIPConfig:
         raise ValueError(f"unknown model preset {name!r}: choose one of {sorted(PRESETS)}") from None
 
 
-def create(name: str, *, key: PRNGKeyArray, **overrides) -> CLIP:
+def create(name: str, *, key: PRNGKeyArray, **overrides) -> Model:
     """Builds a named preset, e.g. `create("clip-vit-b16", key=key, dtype="bfloat16")`.
 
-    `overrides` replace top-level `CLIPConfig` fields (`dtype`, `vision`, `text`, ...).
+    `overrides` replace top-level config fields (`dtype`, `vision`, `text`, `loss`, ...).
+    CLIP/SigLIP presets build a `CLIP`, `clippo-*` a `CLIPPO`, `onetower-*` a `OneTowerCLIP`.
     """
-    return CLIP(dataclasses.replace(config(name), **overrides), key=key)
+    cfg = dataclasses.replace(config(name), **overrides)
+    return MODEL_CLASSES[type(cfg)](cfg, key=key)

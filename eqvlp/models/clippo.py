@@ -1,0 +1,180 @@
+"""CLIPPO: one ViT encodes photos and text rendered to pixels (CLIP with Pixels Only).
+
+big_vision's `proj.clippo.one_tower`: a ViT with MAP pooling and a dense head, a learned
+temperature `t` (initialised at log 10), and text drawn with GNU Unifont by
+`eqvlp.render.render_text`. There is no tokenizer and no text tower: `encode_text` renders
+strings on the host (NumPy) and runs the same ViT on the images.
+"""
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray, Shaped, UInt8
+
+from eqvlp.models.clip import l2_normalize
+from eqvlp.models.config import ViTConfig
+from eqvlp.models.vit import ViT
+from eqvlp.nn.precision import cast_floating
+from eqvlp.render import RenderConfig, render_text
+
+# Strings, or rendered images (uint8 or float, JAX or NumPy); `__call__` names the text batch
+# "batch2" because it may differ from the image batch.
+TextInput = (
+    Sequence[str]
+    | Shaped[Array, "batch height width 3"]
+    | Shaped[np.ndarray, "batch height width 3"]
+)
+TextInput2 = (
+    Sequence[str]
+    | Shaped[Array, "batch2 height width 3"]
+    | Shaped[np.ndarray, "batch2 height width 3"]
+)
+
+
+def _clippo_vit() -> ViTConfig:
+    # big_vision ViT-B/16 with pool_type="map" and a 768-d dense head (gelu is tanh-approximated).
+    return ViTConfig.b16(class_token=False, pooling="map", projection_dim=768,
+                         projection_bias=True, activation="gelu_tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class CLIPPOConfig:
+    """A CLIPPO model: one ViT, how text is rendered for it, how logits are scaled.
+
+    `loss="softmax"` (CLIPPO's contrastive loss) or `"sigmoid"` (adds a logit bias, init -10).
+    The temperature starts at `log(10)` for both; big_vision does not clamp it
+    (`max_logit_scale=None`). `render` holds everything about drawing text except the image
+    size, which is the ViT's.
+    """
+
+    vision: ViTConfig = dataclasses.field(default_factory=_clippo_vit)
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    loss: Literal["softmax", "sigmoid"] = "softmax"
+    logit_scale_init: float | None = None
+    logit_bias_init: float | None = None
+    max_logit_scale: float | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        if self.loss not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown loss {self.loss!r}: use 'softmax' or 'sigmoid'")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"unknown compute dtype {self.dtype!r}: use 'float32' or 'bfloat16'")
+        _, width = self.vision.image_shape[:2]
+        if width <= self.render.font_size:
+            raise ValueError(
+                f"images {width} px wide cannot hold rendered text of font_size "
+                f"{self.render.font_size}: use a larger ViTConfig.image_size"
+            )
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vision.output_dim
+
+    @property
+    def initial_logit_scale(self) -> float:
+        return math.log(10.0) if self.logit_scale_init is None else self.logit_scale_init
+
+    @property
+    def initial_logit_bias(self) -> float | None:
+        if self.logit_bias_init is not None:
+            return self.logit_bias_init
+        return -10.0 if self.loss == "sigmoid" else None
+
+
+def check_images(images: Shaped[Array, "..."], expected: tuple[int, int, int], fn: str) -> None:
+    """Raises a clear error unless `images` is a float batch of `expected` images."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(
+            f"{fn} expects images of shape (batch, {', '.join(map(str, expected))}), got "
+            f"{tuple(images.shape)}: resize to {expected[0]}x{expected[1]} RGB, or build the "
+            "model with ViTConfig(image_size=...)"
+        )
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn} expects float images, got {images.dtype}: convert them, "
+            "e.g. images.astype(jnp.float32) / 127.5 - 1"
+        )
+
+
+def rendered_to_float(
+    images: Shaped[Array, "batch height width 3"],
+) -> Float[Array, "batch height width 3"]:
+    """Rendered uint8 text images to CLIPPO's value range [-1, 1] (floats pass through)."""
+    if jnp.issubdtype(images.dtype, jnp.floating):
+        return images
+    return images.astype(jnp.float32) / 127.5 - 1.0
+
+
+class CLIPPO(eqx.Module):
+    """One ViT for photos and rendered text, and the learned temperature (and bias).
+
+    `encode_image` takes float images (e.g. in [-1, 1]). `encode_text` takes a list of strings
+    (rendered on the host with the config's `RenderConfig`, so not inside `jit`) or a batch of
+    already rendered images: uint8 from `render` / `render_text` (mapped to [-1, 1] with
+    `x / 127.5 - 1`, big_vision's `value_range(-1, 1)`) or floats used as they are.
+    Both return projected, un-normalised embeddings.
+    """
+
+    vit: ViT
+    logit_scale: Float[Array, ""]
+    logit_bias: Float[Array, ""] | None
+    config: CLIPPOConfig = eqx.field(static=True)
+
+    def __init__(self, config: CLIPPOConfig, *, key: PRNGKeyArray):
+        self.config = config
+        self.vit = ViT(config.vision, key=key)
+        self.logit_scale = jnp.asarray(config.initial_logit_scale, jnp.float32)
+        bias = config.initial_logit_bias
+        self.logit_bias = None if bias is None else jnp.asarray(bias, jnp.float32)
+
+    def render(self, texts: str | Sequence[str]) -> UInt8[np.ndarray, "*batch height width 3"]:
+        """Renders text (on the host) at the ViT's image size with the config's options."""
+        return render_text(texts, image_size=self.config.vision.image_shape[:2],
+                           **dataclasses.asdict(self.config.render))
+
+    def encode_image(
+        self, images: Float[Array, "batch height width 3"]
+    ) -> Float[Array, "batch embed"]:
+        """Projected embeddings (float32) of a batch of float images."""
+        check_images(images, self.config.vision.image_shape, "encode_image")
+        tower = cast_floating(self.vit, self.config.dtype)
+        return jax.vmap(tower)(images.astype(self.config.dtype)).astype(jnp.float32)
+
+    def encode_text(self, texts: TextInput) -> Float[Array, "batch embed"]:
+        """Projected embeddings (float32) of strings or rendered text images."""
+        if isinstance(texts, str):
+            raise TypeError("encode_text expects a batch: pass [text], not a single string")
+        if not isinstance(texts, (jax.Array, np.ndarray)):
+            texts = self.render(list(texts))
+        return self.encode_image(rendered_to_float(jnp.asarray(texts)))
+
+    def scale(self) -> Float[Array, ""]:
+        """The logit multiplier `exp(logit_scale)`, clamped at `max_logit_scale` if set."""
+        scale = jnp.exp(self.logit_scale)
+        if self.config.max_logit_scale is not None:
+            scale = jnp.minimum(scale, self.config.max_logit_scale)
+        return scale
+
+    def bias(self) -> Float[Array, ""]:
+        """The logit bias (zero for softmax models)."""
+        return jnp.zeros((), jnp.float32) if self.logit_bias is None else self.logit_bias
+
+    def __call__(
+        self, images: Float[Array, "batch height width 3"], texts: TextInput2
+    ) -> tuple[Float[Array, "batch embed"], Float[Array, "batch2 embed"]]:
+        """Image and text embeddings, un-normalised."""
+        return self.encode_image(images), self.encode_text(texts)
+
+    def logits(
+        self, images: Float[Array, "batch height width 3"], texts: TextInput2
+    ) -> Float[Array, "batch batch2"]:
+        """Image-to-text logits: `scale * cos(image, text) + bias`."""
+        zimg, ztxt = self(images, texts)
+        return self.scale() * l2_normalize(zimg) @ l2_normalize(ztxt).T + self.bias()

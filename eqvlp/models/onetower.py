@@ -1,0 +1,154 @@
+"""1T-CLIP: one shared transformer for images and tokenized text (CLIPPO's baseline).
+
+Images enter through the ViT's patch and position embeddings, text through its own token and
+position embeddings; from there both run the SAME encoder, final LayerNorm, pooling head and
+projection (`ViT.encode_tokens`). Compared with CLIPPO it keeps a tokenizer; compared with
+CLIP it shares everything but the embeddings.
+"""
+
+import dataclasses
+import math
+from typing import Literal
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, Int, PRNGKeyArray
+
+from eqvlp.models.clip import l2_normalize
+from eqvlp.models.clippo import check_images
+from eqvlp.models.config import ViTConfig
+from eqvlp.models.vit import ViT
+from eqvlp.nn import LearnedPositionEmbedding
+from eqvlp.nn.precision import cast_floating
+
+
+@dataclasses.dataclass(frozen=True)
+class OneTowerConfig:
+    """A 1T-CLIP model.
+
+    `vision` sizes the shared transformer (width, depth, heads, pooling, projection) and the
+    image side (image and patch size); `vocab_size` and `context_length` size the text
+    embeddings. Text is bidirectional; padding tokens are attended to, as in big_vision's and
+    SigLIP's text towers (pad to a fixed length). Logit scale and bias as in `CLIPPOConfig`.
+    """
+
+    vision: ViTConfig = dataclasses.field(
+        default_factory=lambda: ViTConfig.b16(class_token=False, pooling="map", projection_dim=768,
+                                              projection_bias=True, activation="gelu_tanh")
+    )
+    vocab_size: int = 32000
+    context_length: int = 64
+    loss: Literal["softmax", "sigmoid"] = "softmax"
+    logit_scale_init: float | None = None
+    logit_bias_init: float | None = None
+    max_logit_scale: float | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+
+    def __post_init__(self):
+        if self.loss not in ("softmax", "sigmoid"):
+            raise ValueError(f"unknown loss {self.loss!r}: use 'softmax' or 'sigmoid'")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"unknown compute dtype {self.dtype!r}: use 'float32' or 'bfloat16'")
+        if self.vocab_size < 1 or self.context_length < 1:
+            raise ValueError(
+                f"vocab_size and context_length must be >= 1, got {self.vocab_size} and "
+                f"{self.context_length}: use your tokenizer's vocabulary size"
+            )
+
+    @property
+    def embed_dim(self) -> int:
+        return self.vision.output_dim
+
+    @property
+    def initial_logit_scale(self) -> float:
+        return math.log(10.0) if self.logit_scale_init is None else self.logit_scale_init
+
+    @property
+    def initial_logit_bias(self) -> float | None:
+        if self.logit_bias_init is not None:
+            return self.logit_bias_init
+        return -10.0 if self.loss == "sigmoid" else None
+
+
+class OneTowerCLIP(eqx.Module):
+    """A shared transformer with separate image (patch) and text (token) embeddings.
+
+    `encode_image` takes float images, `encode_text` int token ids `(batch, length)` with
+    `length <= context_length`; both return projected, un-normalised embeddings.
+    """
+
+    vit: ViT  # patch + position embeddings for images, and the shared encoder, LN, head, projection
+    token_embedding: Float[Array, "vocab dim"]
+    text_position_embedding: LearnedPositionEmbedding
+    logit_scale: Float[Array, ""]
+    logit_bias: Float[Array, ""] | None
+    config: OneTowerConfig = eqx.field(static=True)
+
+    def __init__(self, config: OneTowerConfig, *, key: PRNGKeyArray):
+        kv, kt, kp = jax.random.split(key, 3)
+        width = config.vision.width
+        self.config = config
+        self.vit = ViT(config.vision, key=kv)
+        self.token_embedding = 0.02 * jax.random.normal(kt, (config.vocab_size, width), jnp.float32)
+        self.text_position_embedding = LearnedPositionEmbedding(
+            config.context_length, width, init_std=0.01, key=kp
+        )
+        self.logit_scale = jnp.asarray(config.initial_logit_scale, jnp.float32)
+        bias = config.initial_logit_bias
+        self.logit_bias = None if bias is None else jnp.asarray(bias, jnp.float32)
+
+    def embed_text(self, token_ids: Int[Array, " length"]) -> Float[Array, "tokens dim"]:
+        """Token plus position embeddings (with the shared CLS token first, if the ViT has one)."""
+        x = jnp.take(self.token_embedding, token_ids, axis=0)
+        x = x + self.text_position_embedding.weight[: token_ids.shape[0]].astype(x.dtype)
+        if self.vit.class_token is not None:
+            x = jnp.concatenate([self.vit.class_token.astype(x.dtype), x], axis=0)
+        return x
+
+    def encode_image(
+        self, images: Float[Array, "batch height width 3"]
+    ) -> Float[Array, "batch embed"]:
+        """Projected embeddings (float32) of a batch of float images."""
+        check_images(images, self.config.vision.image_shape, "encode_image")
+        tower = cast_floating(self.vit, self.config.dtype)
+        return jax.vmap(tower)(images.astype(self.config.dtype)).astype(jnp.float32)
+
+    def encode_text(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch embed"]:
+        """Projected embeddings (float32) of a batch of token id sequences."""
+        length = self.config.context_length
+        if token_ids.ndim != 2 or token_ids.shape[1] > length:
+            raise ValueError(
+                f"encode_text expects token ids of shape (batch, {length}) (or shorter), got "
+                f"{tuple(token_ids.shape)}: tokenize with context_length={length}, or set "
+                f"OneTowerConfig.context_length={token_ids.shape[-1]}"
+            )
+        if not jnp.issubdtype(token_ids.dtype, jnp.integer):
+            raise TypeError(f"token ids must be integers, got {token_ids.dtype}: tokenize first")
+        model = cast_floating(self, self.config.dtype)
+        out = jax.vmap(lambda ids: model.vit.encode_tokens(model.embed_text(ids)))(token_ids)
+        return out.astype(jnp.float32)
+
+    def scale(self) -> Float[Array, ""]:
+        """The logit multiplier `exp(logit_scale)`, clamped at `max_logit_scale` if set."""
+        scale = jnp.exp(self.logit_scale)
+        if self.config.max_logit_scale is not None:
+            scale = jnp.minimum(scale, self.config.max_logit_scale)
+        return scale
+
+    def bias(self) -> Float[Array, ""]:
+        """The logit bias (zero for softmax models)."""
+        return jnp.zeros((), jnp.float32) if self.logit_bias is None else self.logit_bias
+
+    def __call__(
+        self, images: Float[Array, "batch height width 3"], token_ids: Int[Array, "batch2 length"]
+    ) -> tuple[Float[Array, "batch embed"], Float[Array, "batch2 embed"]]:
+        """Image and text embeddings, un-normalised."""
+        return self.encode_image(images), self.encode_text(token_ids)
+
+    def logits(
+        self, images: Float[Array, "batch height width 3"], token_ids: Int[Array, "batch2 length"]
+    ) -> Float[Array, "batch batch2"]:
+        """Image-to-text logits: `scale * cos(image, text) + bias`."""
+        zimg, ztxt = self(images, token_ids)
+        return self.scale() * l2_normalize(zimg) @ l2_normalize(ztxt).T + self.bias()
