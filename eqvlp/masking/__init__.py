@@ -8,6 +8,7 @@ from eqvlp.masking.image import (
     keep_tokens,
     random_indices,
 )
+from eqvlp.masking.picture import draw_kept_patches
 from eqvlp.masking.schedule import Phase, TokenReductionSchedule, enter_phase
 from eqvlp.masking.tagger import tag_word, tag_words
 from eqvlp.masking.text import (
@@ -26,6 +27,7 @@ __all__ = [
     "block_indices",
     "block_shape",
     "block_text",
+    "draw_kept_patches",
     "enter_phase",
     "grid_indices",
     "keep_tokens",
