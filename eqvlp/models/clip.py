@@ -14,6 +14,7 @@ from eqvlp.models.config import CLIPConfig
 from eqvlp.models.text import TextTransformer
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
+from eqvlp.sharding import constrain_batch
 
 
 def l2_normalize(x: Float[Array, "batch dim"], eps: float = 1e-6) -> Float[Array, "batch dim"]:
@@ -67,9 +68,9 @@ class CLIP(eqx.Module):
                 "e.g. images.astype(jnp.float32) / 127.5 - 1"
             )
         tower = cast_floating(self.image, self.config.dtype)
-        images = images.astype(self.config.dtype)
+        images = constrain_batch(images.astype(self.config.dtype))
         if mask is None:
-            return jax.vmap(tower)(images).astype(jnp.float32)
+            return constrain_batch(jax.vmap(tower)(images).astype(jnp.float32))
         if key is None:
             raise ValueError("encode_image with a mask needs key=: the mask is random per image")
         vision = self.config.vision
@@ -79,7 +80,7 @@ class CLIP(eqx.Module):
             return tower.encode_tokens(tokens)
 
         keys = jax.random.split(key, images.shape[0])
-        return jax.vmap(reduced)(images, keys).astype(jnp.float32)
+        return constrain_batch(jax.vmap(reduced)(images, keys).astype(jnp.float32))
 
     def encode_text(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch embed"]:
         """Projected text embeddings (float32) of a batch of token id sequences."""
@@ -91,7 +92,7 @@ class CLIP(eqx.Module):
                 f"TextConfig.context_length={token_ids.shape[-1]}"
             )
         tower = cast_floating(self.text, self.config.dtype)
-        return jax.vmap(tower)(token_ids).astype(jnp.float32)
+        return constrain_batch(jax.vmap(tower)(constrain_batch(token_ids)).astype(jnp.float32))
 
     def scale(self) -> Float[Array, ""]:
         """The logit multiplier `exp(logit_scale)`, clamped at `max_logit_scale`."""
