@@ -34,6 +34,7 @@ class ViTConfig:
     projection_dim: int | None = 512
     projection_bias: bool = False
     remat: str | None = None
+    attention_impl: str | None = None  # None, "xla", "cudnn", "pallas": eqvlp.kernels.attention
 
     def __post_init__(self):
         patch_grid(self.image_size, self.patch_size)  # raises a clear error if it does not divide
@@ -108,6 +109,7 @@ class TextConfig:
     projection_dim: int | None = 512
     projection_bias: bool = False
     remat: str | None = None
+    attention_impl: str | None = None  # None, "xla", "cudnn", "pallas": eqvlp.kernels.attention
 
     def __post_init__(self):
         if self.pooling not in ("eos", "argmax", "last", "first", "mean"):

@@ -34,7 +34,8 @@ class TextTransformer(eqx.Module):
         )
         self.encoder = Encoder(
             c.depth, c.width, c.num_heads, c.mlp_dim, activation=c.activation,
-            layer_norm_eps=c.layer_norm_eps, remat=c.remat, key=keys[2],
+            layer_norm_eps=c.layer_norm_eps, remat=c.remat, attention_impl=c.attention_impl,
+            key=keys[2],
         )
         self.final_norm = LayerNorm(c.width, eps=c.layer_norm_eps)
         self.projection = (

@@ -50,12 +50,14 @@ class ViT(eqx.Module):
         self.pre_norm = LayerNorm(c.width, eps=c.layer_norm_eps) if c.pre_norm else None
         self.encoder = Encoder(
             c.depth, c.width, c.num_heads, c.mlp_dim, activation=c.activation,
-            layer_norm_eps=c.layer_norm_eps, remat=c.remat, key=keys[3],
+            layer_norm_eps=c.layer_norm_eps, remat=c.remat, attention_impl=c.attention_impl,
+            key=keys[3],
         )
         self.final_norm = LayerNorm(c.width, eps=c.layer_norm_eps)
         self.head = (
             MAPHead(c.width, c.num_heads, c.mlp_dim, activation=c.activation,
-                    layer_norm_eps=c.layer_norm_eps, key=keys[4])
+                    layer_norm_eps=c.layer_norm_eps, attention_impl=c.attention_impl,
+                    key=keys[4])
             if c.pooling == "map" else None
         )
         self.projection = (

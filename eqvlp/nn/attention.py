@@ -6,10 +6,10 @@ Every attention in eqvlp (self-attention in blocks, the MAP pooling probe) goes 
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from einops import rearrange
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from eqvlp.kernels.attention import attention
 from eqvlp.nn.linear import Linear
 
 
@@ -20,31 +20,23 @@ def dot_product_attention(
     *,
     mask: Bool[Array, " kv_seq"] | None = None,
     causal: bool = False,
+    impl: str | None = None,
 ) -> Float[Array, "q_seq heads head_dim"]:
     """Softmax attention for one example, scaled by `1/sqrt(head_dim)`.
-
-    Logits and softmax are computed in float32 whatever the input dtype (the XLA path; the
-    kernels issue adds Pallas/cuDNN implementations behind this same function).
 
     **Arguments:**
 
     - `q`, `k`, `v`: queries, keys and values of one example.
     - `mask`: `True` where a key may be attended to (padding mask); `None` attends to all.
     - `causal`: query `i` sees keys `j <= i` only.
+    - `impl`: `None` (best available), `"xla"`, `"cudnn"` or `"pallas"`; see
+      `eqvlp.kernels.attention`. The XLA path computes logits and softmax in float32.
 
     **Returns:** the attended values, shaped like `q`.
     """
-    logits = jnp.einsum("qhd,khd->hqk", q, k, preferred_element_type=jnp.float32)
-    logits = logits * (q.shape[-1] ** -0.5)
-    allowed = None if mask is None else mask[None, None, :]
-    if causal:
-        lower = jnp.tril(jnp.ones((q.shape[0], k.shape[0]), bool))[None]
-        allowed = lower if allowed is None else allowed & lower
-    if allowed is not None:
-        # a large finite negative, not -inf: a fully masked row gives uniform weights, not NaN
-        logits = jnp.where(allowed, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("hqk,khd->qhd", weights, v)
+    batch_mask = None if mask is None else mask[None]
+    out = attention(q[None], k[None], v[None], causal=causal, mask=batch_mask, impl=impl)
+    return out[0]
 
 
 class MultiheadAttention(eqx.Module):
@@ -59,9 +51,16 @@ class MultiheadAttention(eqx.Module):
     value: Linear
     output: Linear
     num_heads: int = eqx.field(static=True)
+    impl: str | None = eqx.field(static=True)
 
     def __init__(
-        self, dim: int, num_heads: int, *, use_bias: bool = True, key: PRNGKeyArray
+        self,
+        dim: int,
+        num_heads: int,
+        *,
+        use_bias: bool = True,
+        impl: str | None = None,
+        key: PRNGKeyArray,
     ):
         if dim % num_heads:
             raise ValueError(
@@ -74,6 +73,7 @@ class MultiheadAttention(eqx.Module):
         self.value = Linear(dim, dim, use_bias=use_bias, key=kv)
         self.output = Linear(dim, dim, use_bias=use_bias, key=ko)
         self.num_heads = num_heads
+        self.impl = impl
 
     def __call__(
         self,
@@ -86,7 +86,7 @@ class MultiheadAttention(eqx.Module):
         context = x if context is None else context
         split = lambda t: rearrange(t, "s (h d) -> s h d", h=self.num_heads)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(context)), split(self.value(context))
-        out = dot_product_attention(q, k, v, mask=mask, causal=causal)
+        out = dot_product_attention(q, k, v, mask=mask, causal=causal, impl=self.impl)
         return self.output(rearrange(out, "s h d -> s (h d)").astype(x.dtype))
 
 

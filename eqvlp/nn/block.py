@@ -25,11 +25,12 @@ class TransformerBlock(eqx.Module):
         *,
         activation: str = "gelu",
         layer_norm_eps: float = 1e-6,
+        attention_impl: str | None = None,
         key: PRNGKeyArray,
     ):
         ka, km = jax.random.split(key)
         self.norm1 = LayerNorm(dim, eps=layer_norm_eps)
-        self.attention = MultiheadAttention(dim, num_heads, key=ka)
+        self.attention = MultiheadAttention(dim, num_heads, impl=attention_impl, key=ka)
         self.norm2 = LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = MLP(dim, mlp_dim, activation=activation, key=km)
 

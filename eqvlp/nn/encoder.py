@@ -41,6 +41,7 @@ class Encoder(eqx.Module):
         activation: str = "gelu",
         layer_norm_eps: float = 1e-6,
         remat: str | None = None,
+        attention_impl: str | None = None,
         key: PRNGKeyArray,
     ):
         if depth < 1:
@@ -55,6 +56,7 @@ class Encoder(eqx.Module):
             mlp_dim,
             activation=activation,
             layer_norm_eps=layer_norm_eps,
+            attention_impl=attention_impl,
             key=k,
         )
         self.layers = eqx.filter_vmap(make)(jax.random.split(key, depth))

@@ -76,11 +76,12 @@ class MAPHead(eqx.Module):
         *,
         activation: str = "gelu",
         layer_norm_eps: float = 1e-6,
+        attention_impl: str | None = None,
         key: PRNGKeyArray,
     ):
         kp, ka, km = jax.random.split(key, 3)
         self.probe = 0.02 * jax.random.normal(kp, (1, dim), jnp.float32)
-        self.attention = MultiheadAttention(dim, num_heads, key=ka)
+        self.attention = MultiheadAttention(dim, num_heads, impl=attention_impl, key=ka)
         self.norm = LayerNorm(dim, eps=layer_norm_eps)
         self.mlp = MLP(dim, mlp_dim or 4 * dim, activation=activation, key=km)
 
