@@ -8,6 +8,7 @@ import optax
 import pytest
 
 from eqvlp import masking, models, nn
+from eqvlp.losses import normalize
 
 KEYS = [jax.random.key(i) for i in range(8)]
 
@@ -210,11 +211,12 @@ def test_two_phase_training_loop(getkey):
         if phase.text_mask is not None:
             ids = jax.vmap(phase.text_mask)(ids, jax.random.split(k_txt, len(ids)))
         zimg = model.encode_image(images, mask=phase.image_mask, key=k_img)
-        zimg = models.l2_normalize(zimg)
-        ztxt = models.l2_normalize(model.encode_text(ids))
+        zimg = normalize(zimg)
+        ztxt = normalize(model.encode_text(ids))
         logits = model.scale() * zimg @ ztxt.T
         return optax.softmax_cross_entropy_with_integer_labels(logits, jnp.arange(4)).mean()
 
+    value_and_grad = eqx.filter_jit(eqx.filter_value_and_grad(loss_fn))
     losses, sizes = [], []
     for step in range(5):
         phase = schedule.at(step)
@@ -223,7 +225,7 @@ def test_two_phase_training_loop(getkey):
             state = optimizer.init(eqx.filter(model, eqx.is_array))
         size = phase.image_size
         images = jax.image.resize(images32, (4, size, size, 3), "linear")
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, images, ids, phase, getkey())
+        loss, grads = value_and_grad(model, images, ids, phase, getkey())
         with jax.numpy_dtype_promotion("standard"):
             updates, state = optimizer.update(grads, state)
         model = eqx.apply_updates(model, updates)

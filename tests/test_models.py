@@ -10,7 +10,7 @@ import optax
 import pytest
 
 from eqvlp import models
-from eqvlp.models import l2_normalize
+from eqvlp.losses import normalize as l2_normalize
 
 
 def batch(getkey, model, n=3):

@@ -7,10 +7,14 @@ state, whose position-embedding slots change shape).
 """
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from eqvlp.masking.image import ImageMask
 from eqvlp.masking.text import TextMask
 from eqvlp.nn.patch_embedding import as_pair
+
+if TYPE_CHECKING:  # models import masking: only the type checker may import models here
+    from eqvlp.models.clip import CLIP
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +69,7 @@ class TokenReductionSchedule:
         ))
 
 
-def enter_phase(model: "CLIP", phase: Phase) -> "CLIP":  # noqa: F821
+def enter_phase(model: "CLIP", phase: Phase) -> "CLIP":
     """The model resized for the phase's image size (no-op when it already matches)."""
     from eqvlp.models.resize import resize  # models import masking: resolve at call time
 

@@ -1,6 +1,7 @@
 """Towers and whole models, their configs and named presets."""
 
-from eqvlp.models.clip import CLIP, l2_normalize
+from eqvlp.models.clip import CLIP
+from eqvlp.models.contrastive import ContrastiveModel
 from eqvlp.models.clippo import CLIPPO, CLIPPOConfig
 from eqvlp.models.config import CLIPConfig, TextConfig, ViTConfig
 from eqvlp.models.onetower import OneTowerCLIP, OneTowerConfig
@@ -12,6 +13,7 @@ from eqvlp.models.vit import ViT
 __all__ = [
     "CLIP",
     "CLIPConfig",
+    "ContrastiveModel",
     "CLIPPO",
     "CLIPPOConfig",
     "OneTowerCLIP",
@@ -23,6 +25,5 @@ __all__ = [
     "ViTConfig",
     "config",
     "create",
-    "l2_normalize",
     "resize",
 ]

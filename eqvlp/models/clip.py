@@ -11,18 +11,14 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from eqvlp.masking.image import ImageMask
 from eqvlp.models.config import CLIPConfig
+from eqvlp.models.contrastive import ContrastiveModel
 from eqvlp.models.text import TextTransformer
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
 from eqvlp.sharding import constrain_batch
 
 
-def l2_normalize(x: Float[Array, "batch dim"], eps: float = 1e-6) -> Float[Array, "batch dim"]:
-    """`x / (||x|| + eps)` row by row; a zero row stays zero instead of becoming NaN."""
-    return x / (jnp.linalg.norm(x, axis=-1, keepdims=True) + eps)
-
-
-class CLIP(eqx.Module):
+class CLIP(ContrastiveModel):
     """An image tower, a text tower and the learned logit scale (and bias, for SigLIP).
 
     `logit_scale` holds `log(scale)`; `scale()` applies `exp` and the clamp.
@@ -93,27 +89,3 @@ class CLIP(eqx.Module):
             )
         tower = cast_floating(self.text, self.config.dtype)
         return constrain_batch(jax.vmap(tower)(constrain_batch(token_ids)).astype(jnp.float32))
-
-    def scale(self) -> Float[Array, ""]:
-        """The logit multiplier `exp(logit_scale)`, clamped at `max_logit_scale`."""
-        scale = jnp.exp(self.logit_scale)
-        if self.config.max_logit_scale is not None:
-            scale = jnp.minimum(scale, self.config.max_logit_scale)
-        return scale
-
-    def bias(self) -> Float[Array, ""]:
-        """The logit bias (zero for softmax models)."""
-        return jnp.zeros((), jnp.float32) if self.logit_bias is None else self.logit_bias
-
-    def __call__(
-        self, images: Float[Array, "batch height width 3"], token_ids: Int[Array, "batch2 length"]
-    ) -> tuple[Float[Array, "batch embed"], Float[Array, "batch2 embed"]]:
-        """Both towers' embeddings, un-normalised."""
-        return self.encode_image(images), self.encode_text(token_ids)
-
-    def logits(
-        self, images: Float[Array, "batch height width 3"], token_ids: Int[Array, "batch2 length"]
-    ) -> Float[Array, "batch batch2"]:
-        """Image-to-text logits: `scale * cos(image, text) + bias`."""
-        zimg, ztxt = self(images, token_ids)
-        return self.scale() * l2_normalize(zimg) @ l2_normalize(ztxt).T + self.bias()

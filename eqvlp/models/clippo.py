@@ -17,23 +17,17 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped, UInt8
 
-from eqvlp.models.clip import l2_normalize
 from eqvlp.models.config import ViTConfig
+from eqvlp.models.contrastive import ContrastiveModel
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
 from eqvlp.render import RenderConfig, render_text
 
-# Strings, or rendered images (uint8 or float, JAX or NumPy); `__call__` names the text batch
-# "batch2" because it may differ from the image batch.
+# Strings, or rendered images (uint8 or float, JAX or NumPy).
 TextInput = (
     Sequence[str]
     | Shaped[Array, "batch height width 3"]
     | Shaped[np.ndarray, "batch height width 3"]
-)
-TextInput2 = (
-    Sequence[str]
-    | Shaped[Array, "batch2 height width 3"]
-    | Shaped[np.ndarray, "batch2 height width 3"]
 )
 
 
@@ -112,7 +106,7 @@ def rendered_to_float(
     return images.astype(jnp.float32) / 127.5 - 1.0
 
 
-class CLIPPO(eqx.Module):
+class CLIPPO(ContrastiveModel):
     """One ViT for photos and rendered text, and the learned temperature (and bias).
 
     `encode_image` takes float images (e.g. in [-1, 1]). `encode_text` takes a list of strings
@@ -154,27 +148,3 @@ class CLIPPO(eqx.Module):
         if not isinstance(texts, (jax.Array, np.ndarray)):
             texts = self.render(list(texts))
         return self.encode_image(rendered_to_float(jnp.asarray(texts)))
-
-    def scale(self) -> Float[Array, ""]:
-        """The logit multiplier `exp(logit_scale)`, clamped at `max_logit_scale` if set."""
-        scale = jnp.exp(self.logit_scale)
-        if self.config.max_logit_scale is not None:
-            scale = jnp.minimum(scale, self.config.max_logit_scale)
-        return scale
-
-    def bias(self) -> Float[Array, ""]:
-        """The logit bias (zero for softmax models)."""
-        return jnp.zeros((), jnp.float32) if self.logit_bias is None else self.logit_bias
-
-    def __call__(
-        self, images: Float[Array, "batch height width 3"], texts: TextInput2
-    ) -> tuple[Float[Array, "batch embed"], Float[Array, "batch2 embed"]]:
-        """Image and text embeddings, un-normalised."""
-        return self.encode_image(images), self.encode_text(texts)
-
-    def logits(
-        self, images: Float[Array, "batch height width 3"], texts: TextInput2
-    ) -> Float[Array, "batch batch2"]:
-        """Image-to-text logits: `scale * cos(image, text) + bias`."""
-        zimg, ztxt = self(images, texts)
-        return self.scale() * l2_normalize(zimg) @ l2_normalize(ztxt).T + self.bias()

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from eqvlp.models.clip import l2_normalize
 from eqvlp.models.clippo import check_images
 from eqvlp.models.config import ViTConfig
+from eqvlp.models.contrastive import ContrastiveModel
 from eqvlp.models.vit import ViT
 from eqvlp.nn import LearnedPositionEmbedding
 from eqvlp.nn.precision import cast_floating
@@ -71,7 +71,7 @@ class OneTowerConfig:
         return -10.0 if self.loss == "sigmoid" else None
 
 
-class OneTowerCLIP(eqx.Module):
+class OneTowerCLIP(ContrastiveModel):
     """A shared transformer with separate image (patch) and text (token) embeddings.
 
     `encode_image` takes float images, `encode_text` int token ids `(batch, length)` with
@@ -128,27 +128,3 @@ class OneTowerCLIP(eqx.Module):
         model = cast_floating(self, self.config.dtype)
         out = jax.vmap(lambda ids: model.vit.encode_tokens(model.embed_text(ids)))(token_ids)
         return out.astype(jnp.float32)
-
-    def scale(self) -> Float[Array, ""]:
-        """The logit multiplier `exp(logit_scale)`, clamped at `max_logit_scale` if set."""
-        scale = jnp.exp(self.logit_scale)
-        if self.config.max_logit_scale is not None:
-            scale = jnp.minimum(scale, self.config.max_logit_scale)
-        return scale
-
-    def bias(self) -> Float[Array, ""]:
-        """The logit bias (zero for softmax models)."""
-        return jnp.zeros((), jnp.float32) if self.logit_bias is None else self.logit_bias
-
-    def __call__(
-        self, images: Float[Array, "batch height width 3"], token_ids: Int[Array, "batch2 length"]
-    ) -> tuple[Float[Array, "batch embed"], Float[Array, "batch2 embed"]]:
-        """Image and text embeddings, un-normalised."""
-        return self.encode_image(images), self.encode_text(token_ids)
-
-    def logits(
-        self, images: Float[Array, "batch height width 3"], token_ids: Int[Array, "batch2 length"]
-    ) -> Float[Array, "batch batch2"]:
-        """Image-to-text logits: `scale * cos(image, text) + bias`."""
-        zimg, ztxt = self(images, token_ids)
-        return self.scale() * l2_normalize(zimg) @ l2_normalize(ztxt).T + self.bias()
