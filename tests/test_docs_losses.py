@@ -35,7 +35,7 @@ def test_doc_code_runs(page, capsys):
     if page == "tutorial_property_testing.md":
         assert {s.__name__ for s in suites} == {"TestHardNegativeSigmoid", "TestMyShardedSigmoid"}
     for suite in suites:
-        quick = type(suite.__name__, (suite,), {"max_examples": 10})
+        quick = type(suite.__name__, (suite,), {"max_examples": 5})
         instance = quick()
         for name in dir(instance):
             if name.startswith("test_"):

@@ -241,6 +241,16 @@ def test_distributed_inside_user_shard_map(getkey):
         _assert_same(_grads(f, zi, zt, jnp.float32(5.0)), ref_sig)
 
 
+def test_distributed_sigmoid_with_pallas_blocks(getkey):
+    """impl="pallas" computes every ring block with eqvlp.kernels' fused kernel (interpreted here)."""
+    zi, zt = _pair(getkey, 8, 8)
+    ref = _grads(sigmoid_loss, zi, zt, 3.0, -1.0)
+    _assert_same(_grads(shard_loss(distributed_sigmoid_loss, _mesh(2), method="bidir", impl="pallas"),
+                        zi, zt, 3.0, -1.0), ref)
+    with pytest.raises(ValueError, match="impl must be 'xla' or 'pallas'"):
+        shard_loss(distributed_sigmoid_loss, _mesh(2), impl="triton")(zi, zt, 3.0, -1.0)
+
+
 def test_shard_loss_rejects_uneven_batch(getkey):
     zi, zt = _pair(getkey, 6, 4)
     with pytest.raises(ValueError, match="multiple of 4"):

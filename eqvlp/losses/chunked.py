@@ -89,9 +89,9 @@ def sigmoid_block(
     `diag_offset` places the positives at `[i, i + diag_offset]`; None means a negatives-only
     block (another device's texts). Inputs must be float32.
 
-    One `exp` and one `log1p` per logit serve both the loss and its derivative:
-    with `u = -m * L` and `e = exp(-|u|)`, `softplus(u) = max(u, 0) + log1p(e)` and
-    `sigmoid(u) = (u >= 0 ? 1 : e) / (1 + e)`.
+    With `u = -m * L`, the term is `softplus(u)` and its derivative w.r.t. `L` is
+    `-m * sigmoid(u)`: `sigmoid(L)` for negatives, `-sigmoid(-L)` (not `sigmoid(L) - 1`, which
+    cancels) for positives.
     """
     logits = scale * jnp.einsum("id,jd->ij", zimg, ztxt, preferred_element_type=jnp.float32) + bias
     if diag_offset is None:
@@ -102,11 +102,14 @@ def sigmoid_block(
         cols = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 1)
         positive = cols == rows + diag_offset
         u = jnp.where(positive, -logits, logits)
-    e = jnp.exp(-jnp.abs(u))
-    loss = jnp.sum(jnp.maximum(u, 0.0) + jnp.log1p(e))
+    # Written as two independent expressions of `logits` (not sharing exp(-|u|)) so that XLA fuses
+    # each into one pass over the block: the loss as a reduction, G as one elementwise loop.
+    # Sharing the exp made it materialise u, e and sigmoid as separate (chunk, B) arrays, and the
+    # sweep memory-bound.
+    loss = jnp.sum(jnp.maximum(u, 0.0) + jnp.log1p(jnp.exp(-jnp.abs(u))))
     if not with_grads:
         return BlockTerms(loss, None, None, None)
-    sig = jnp.where(u >= 0, 1.0, e) / (1.0 + e)
+    sig = jax.nn.sigmoid(u)
     g = sig if positive is None else jnp.where(positive, -sig, sig)
     dzimg = jnp.einsum("ij,jd->id", g, ztxt, preferred_element_type=jnp.float32)
     dztxt = jnp.einsum("ij,id->jd", g, zimg, preferred_element_type=jnp.float32)

@@ -46,6 +46,7 @@ def distributed_sigmoid_loss(
     *,
     axis_name: AxisName,
     method: str = "ring",
+    impl: str = "xla",
 ) -> Float[Array, ""]:
     """Global-batch `sigmoid_loss` from this device's shard, inside `shard_map`.
 
@@ -55,6 +56,9 @@ def distributed_sigmoid_loss(
     - `scale`, `bias`: replicated scalars.
     - `axis_name`: the mesh axis (or tuple of axes) the batch is sharded over.
     - `method`: "ring" (n - 1 one-way steps) or "bidir" (about (n - 1) / 2 two-way steps).
+    - `impl`: how each block is computed: "xla" (`chunked.sigmoid_block`) or "pallas"
+      (`eqvlp.kernels.sigmoid_loss.sigmoid_block_pallas`, logits kept in on-chip tiles; interpreted,
+      and slow, on CPU).
 
     **Returns:** the global loss, identical on every device (use `out_specs=P()`).
     """
@@ -64,9 +68,15 @@ def distributed_sigmoid_loss(
     b = check_scalar(fn, "bias", bias)
     if method not in ("ring", "bidir"):
         raise ValueError(f"{fn}: method must be 'ring' or 'bidir', got {method!r}")
+    if impl == "xla":
+        block = sigmoid_block
+    elif impl == "pallas":
+        from eqvlp.kernels.sigmoid_loss import sigmoid_block_pallas as block  # imports Pallas
+    else:
+        raise ValueError(f"{fn}: impl must be 'xla' or 'pallas', got {impl!r}")
     axes = _axes(axis_name)
     s_local, b_local = _per_device((s, b), axes)
-    loss = jax.lax.psum(_dist_sigmoid(zimg, ztxt, s_local, b_local, axes, method), axes)
+    loss = jax.lax.psum(_dist_sigmoid(zimg, ztxt, s_local, b_local, axes, method, block), axes)
     return check_finite(
         fn, loss, [("zimg", zimg), ("ztxt", ztxt), ("scale", s), ("bias", b)], axis_name=axis_name
     )
@@ -111,7 +121,8 @@ def shard_loss(
     `shard_loss(distributed_sigmoid_loss, mesh)(zimg, ztxt, scale, bias)` equals
     `sigmoid_loss(zimg, ztxt, scale, bias)`, with the batch split over `data_axes` (any other mesh
     axes see replicated embeddings). Extra keyword arguments go to `loss_fn`. Works on Auto and
-    Explicit meshes, eagerly or under `jit`.
+    Explicit meshes, eagerly or under `jit`. With `impl="pallas"` the map runs with
+    `check_vma=False`: Pallas kernel outputs carry no device-variance types.
     """
     axes = _axes(data_axes)
     for a in axes:
@@ -134,7 +145,9 @@ def shard_loss(
         if all(t == AxisType.Explicit for t in mesh.axis_types):
             zimg, ztxt = (jax.reshard(z, NamedSharding(mesh, batch_spec)) for z in (zimg, ztxt))
         specs = (batch_spec, batch_spec) + (PartitionSpec(),) * len(scalars)
-        mapped = jax.shard_map(body, mesh=mesh, in_specs=specs, out_specs=PartitionSpec())
+        mapped = jax.shard_map(
+            body, mesh=mesh, in_specs=specs, out_specs=PartitionSpec(), check_vma=kwargs.get("impl") != "pallas"
+        )
         return mapped(zimg, ztxt, *scalars)
 
     return run
@@ -152,10 +165,26 @@ def _per_device(scalars, axes):
     each device returns its own share of the scalars' gradients, which JAX sums back over the
     devices (the transpose of this cast under `check_vma=True`; of the replicated input otherwise).
     """
-    cast = getattr(jax.lax, "pcast", None)
-    if cast is not None:
-        return tuple(cast(x, axes, to="varying") for x in scalars)
-    return tuple(jax.lax.pvary(x, axes) for x in scalars)  # jax < 0.10
+    out = []
+    for x in scalars:
+        missing = tuple(a for a in axes if a not in _varying_axes(x))
+        if missing and hasattr(jax.lax, "pcast"):
+            x = jax.lax.pcast(x, missing, to="varying")
+        elif missing:
+            x = jax.lax.pvary(x, missing)  # jax < 0.10
+        out.append(x)
+    return tuple(out)
+
+
+def _varying_axes(x) -> frozenset:
+    """The manual axes `x` is typed as varying over (empty when `check_vma=False`)."""
+    aval = jax.typeof(x)
+    for get in (lambda a: a.vma, lambda a: a.mat.varying, lambda a: a.manual_axis_type.varying):
+        try:
+            return frozenset(get(aval))
+        except AttributeError:
+            continue
+    return frozenset()
 
 
 def _shift(x, axes: tuple[str, ...], k: int):
@@ -178,13 +207,13 @@ def _shift(x, axes: tuple[str, ...], k: int):
 # Sigmoid: one ring pass computes loss and gradients (the forward rule keeps the gradients).
 
 
-def _sigmoid_sweep(zimg, ztxt, scale, bias, axes, method, with_grads):
+def _sigmoid_sweep(zimg, ztxt, scale, bias, axes, method, block, with_grads):
     n = jax.lax.axis_size(axes)
     local = zimg.shape[0]
     total = n * local
     zi = zimg.astype(jnp.float32)
     zt = ztxt.astype(jnp.float32)
-    own = sigmoid_block(zi, zt, scale, bias, 0, with_grads)
+    own = block(zi, zt, scale, bias, 0, with_grads)
     # A stream is a text block on its way round the ring, with the gradient it has gathered.
     dt0 = own.dztxt if with_grads else None
     streams = [(zt, dt0)]
@@ -192,7 +221,7 @@ def _sigmoid_sweep(zimg, ztxt, scale, bias, axes, method, with_grads):
 
     def visit(acc, t, dt):
         loss, dzi, gsum = acc
-        blk = sigmoid_block(zi, t, scale, bias, None, with_grads)
+        blk = block(zi, t, scale, bias, None, with_grads)
         if not with_grads:
             return (loss + blk.loss, dzi, gsum), dt
         return (loss + blk.loss, dzi + blk.dzimg, gsum + blk.gsum), dt + blk.dztxt
@@ -235,17 +264,17 @@ def _sigmoid_sweep(zimg, ztxt, scale, bias, axes, method, with_grads):
     return loss / total, grads
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _dist_sigmoid(zimg, ztxt, scale, bias, axes, method):
-    return _sigmoid_sweep(zimg, ztxt, scale, bias, axes, method, with_grads=False)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def _dist_sigmoid(zimg, ztxt, scale, bias, axes, method, block):
+    return _sigmoid_sweep(zimg, ztxt, scale, bias, axes, method, block, with_grads=False)[0]
 
 
-def _dist_sigmoid_fwd(zimg, ztxt, scale, bias, axes, method):
-    loss, (dzi, dzt, ds, db) = _sigmoid_sweep(zimg, ztxt, scale, bias, axes, method, with_grads=True)
+def _dist_sigmoid_fwd(zimg, ztxt, scale, bias, axes, method, block):
+    loss, (dzi, dzt, ds, db) = _sigmoid_sweep(zimg, ztxt, scale, bias, axes, method, block, with_grads=True)
     return loss, (dzi.astype(zimg.dtype), dzt.astype(ztxt.dtype), ds, db)
 
 
-def _dist_sigmoid_bwd(axes, method, residuals, g):
+def _dist_sigmoid_bwd(axes, method, block, residuals, g):
     return _scale_grads(residuals, g)
 
 

@@ -157,9 +157,9 @@ class LossProperties:
     orthogonal_value: Callable | None = None
     swap_symmetric: bool = True
     min_batch: int = 1
-    max_batch: int = 6
+    max_batch: int = 5
     batch_multiple: int = 1
-    dim: int = 12
+    dim: int = 10
     max_examples: int = 200
     rtol: float = 1e-5
     atol: float = 1e-6
