@@ -4,6 +4,8 @@
 `scale()`, `bias()`, `__call__` and `logits` from here.
 """
 
+import abc
+
 import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
@@ -22,11 +24,13 @@ class ContrastiveModel(eqx.Module):
     logit_bias: eqx.AbstractVar[Float[Array, ""] | None]
     config: eqx.AbstractVar[object]
 
+    @abc.abstractmethod
     def encode_image(self, images, **kwargs) -> Float[Array, "batch embed"]:
-        raise NotImplementedError  # every subclass defines its image encoder
+        """Projected, un-normalised image embeddings of a batch."""
 
+    @abc.abstractmethod
     def encode_text(self, texts) -> Float[Array, "batch embed"]:
-        raise NotImplementedError  # every subclass defines its text encoder
+        """Projected, un-normalised text embeddings of a batch."""
 
     def scale(self) -> Float[Array, ""]:
         """The logit multiplier `exp(logit_scale)`, clamped at `max_logit_scale` if set."""
