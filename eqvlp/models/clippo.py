@@ -7,9 +7,7 @@ strings on the host (NumPy) and runs the same ViT on the images.
 """
 
 import dataclasses
-import math
 from collections.abc import Sequence
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -19,6 +17,7 @@ from jaxtyping import Array, Float, PRNGKeyArray, Shaped, UInt8
 
 from eqvlp.models.config import ViTConfig
 from eqvlp.models.contrastive import ContrastiveModel
+from eqvlp.models.settings import ContrastiveSettings
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
 from eqvlp.render import RenderConfig, render_text
@@ -38,7 +37,7 @@ def _clippo_vit() -> ViTConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPPOConfig:
+class CLIPPOConfig(ContrastiveSettings):
     """A CLIPPO model: one ViT, how text is rendered for it, how logits are scaled.
 
     `loss="softmax"` (CLIPPO's contrastive loss) or `"sigmoid"` (adds a logit bias, init -10).
@@ -49,37 +48,15 @@ class CLIPPOConfig:
 
     vision: ViTConfig = dataclasses.field(default_factory=_clippo_vit)
     render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
-    loss: Literal["softmax", "sigmoid"] = "softmax"
-    logit_scale_init: float | None = None
-    logit_bias_init: float | None = None
-    max_logit_scale: float | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
-        if self.loss not in ("softmax", "sigmoid"):
-            raise ValueError(f"unknown loss {self.loss!r}: use 'softmax' or 'sigmoid'")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"unknown compute dtype {self.dtype!r}: use 'float32' or 'bfloat16'")
+        super().__post_init__()
         _, width = self.vision.image_shape[:2]
         if width <= self.render.font_size:
             raise ValueError(
                 f"images {width} px wide cannot hold rendered text of font_size "
                 f"{self.render.font_size}: use a larger ViTConfig.image_size"
             )
-
-    @property
-    def embed_dim(self) -> int:
-        return self.vision.output_dim
-
-    @property
-    def initial_logit_scale(self) -> float:
-        return math.log(10.0) if self.logit_scale_init is None else self.logit_scale_init
-
-    @property
-    def initial_logit_bias(self) -> float | None:
-        if self.logit_bias_init is not None:
-            return self.logit_bias_init
-        return -10.0 if self.loss == "sigmoid" else None
 
 
 def check_images(images: Shaped[Array, "..."], expected: tuple[int, int, int], fn: str) -> None:

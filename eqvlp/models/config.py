@@ -7,6 +7,7 @@ import dataclasses
 import math
 from typing import Literal
 
+from eqvlp.models.settings import ContrastiveSettings
 from eqvlp.nn.patch_embedding import as_pair, patch_grid
 
 
@@ -134,7 +135,7 @@ class TextConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class CLIPConfig:
+class CLIPConfig(ContrastiveSettings):
     """A two-tower model: the towers, how logits are scaled, and the compute dtype.
 
     `loss="softmax"` (CLIP) starts the log-scale at `log(1/0.07)` and clamps the scale at
@@ -144,11 +145,7 @@ class CLIPConfig:
 
     vision: ViTConfig = dataclasses.field(default_factory=ViTConfig)
     text: TextConfig = dataclasses.field(default_factory=TextConfig)
-    loss: Literal["softmax", "sigmoid"] = "softmax"
-    logit_scale_init: float | None = None
-    logit_bias_init: float | None = None
     max_logit_scale: float | None = 100.0
-    dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
         if self.vision.output_dim != self.text.output_dim:
@@ -156,23 +153,10 @@ class CLIPConfig:
                 f"image embeddings have {self.vision.output_dim} dims but text embeddings "
                 f"{self.text.output_dim}: set both towers' projection_dim to the same size"
             )
-        if self.loss not in ("softmax", "sigmoid"):
-            raise ValueError(f"unknown loss {self.loss!r}: use 'softmax' or 'sigmoid'")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"unknown compute dtype {self.dtype!r}: use 'float32' or 'bfloat16'")
-
-    @property
-    def embed_dim(self) -> int:
-        return self.vision.output_dim
+        super().__post_init__()
 
     @property
     def initial_logit_scale(self) -> float:
         if self.logit_scale_init is not None:
             return self.logit_scale_init
         return math.log(10.0) if self.loss == "sigmoid" else math.log(1 / 0.07)
-
-    @property
-    def initial_logit_bias(self) -> float | None:
-        if self.logit_bias_init is not None:
-            return self.logit_bias_init
-        return -10.0 if self.loss == "sigmoid" else None

@@ -7,8 +7,6 @@ CLIP it shares everything but the embeddings.
 """
 
 import dataclasses
-import math
-from typing import Literal
 
 import equinox as eqx
 import jax
@@ -18,13 +16,14 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 from eqvlp.models.clippo import check_images
 from eqvlp.models.config import ViTConfig
 from eqvlp.models.contrastive import ContrastiveModel
+from eqvlp.models.settings import ContrastiveSettings
 from eqvlp.models.vit import ViT
 from eqvlp.nn import LearnedPositionEmbedding
 from eqvlp.nn.precision import cast_floating
 
 
 @dataclasses.dataclass(frozen=True)
-class OneTowerConfig:
+class OneTowerConfig(ContrastiveSettings):
     """A 1T-CLIP model.
 
     `vision` sizes the shared transformer (width, depth, heads, pooling, projection) and the
@@ -39,36 +38,14 @@ class OneTowerConfig:
     )
     vocab_size: int = 32000
     context_length: int = 64
-    loss: Literal["softmax", "sigmoid"] = "softmax"
-    logit_scale_init: float | None = None
-    logit_bias_init: float | None = None
-    max_logit_scale: float | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
-        if self.loss not in ("softmax", "sigmoid"):
-            raise ValueError(f"unknown loss {self.loss!r}: use 'softmax' or 'sigmoid'")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"unknown compute dtype {self.dtype!r}: use 'float32' or 'bfloat16'")
+        super().__post_init__()
         if self.vocab_size < 1 or self.context_length < 1:
             raise ValueError(
                 f"vocab_size and context_length must be >= 1, got {self.vocab_size} and "
                 f"{self.context_length}: use your tokenizer's vocabulary size"
             )
-
-    @property
-    def embed_dim(self) -> int:
-        return self.vision.output_dim
-
-    @property
-    def initial_logit_scale(self) -> float:
-        return math.log(10.0) if self.logit_scale_init is None else self.logit_scale_init
-
-    @property
-    def initial_logit_bias(self) -> float | None:
-        if self.logit_bias_init is not None:
-            return self.logit_bias_init
-        return -10.0 if self.loss == "sigmoid" else None
 
 
 class OneTowerCLIP(ContrastiveModel):

@@ -44,6 +44,7 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
         text=TextConfig.tiny(causal=False, pooling="last", projection_dim=64,
                              projection_bias=True),
         loss="sigmoid",
+        max_logit_scale=None,  # SigLIP does not clamp its temperature
     ),
     "clip-vit-s16": lambda: _clip(ViTConfig.s16(), 384, 6, 384),
     "clip-vit-b16": lambda: _clip(ViTConfig.b16(), 512, 8, 512),
@@ -58,6 +59,7 @@ PRESETS: dict[str, Callable[[], ModelConfig]] = {
             projection_dim=768, projection_bias=True,
         ),
         loss="sigmoid",
+        max_logit_scale=None,  # SigLIP does not clamp its temperature
     ),
     # CLIPPO: one ViT for photos and rendered text (64 px holds 4 lines of about 10 characters).
     "clippo-tiny": lambda: CLIPPOConfig(
