@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from eqvlp.masking.image import ImageMask
 from eqvlp.models.config import CLIPConfig
-from eqvlp.models.contrastive import ContrastiveModel
+from eqvlp.models.contrastive import ContrastiveModel, check_images
 from eqvlp.models.text import TextTransformer
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
@@ -51,18 +51,7 @@ class CLIP(ContrastiveModel):
         With `mask` (CLIPA token reduction), each image keeps a random subset of its patch
         tokens after position embeddings; `key` is split into one key per image.
         """
-        expected = self.config.vision.image_shape
-        if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(
-                f"encode_image expects images of shape (batch, {', '.join(map(str, expected))}), "
-                f"got {tuple(images.shape)}: resize to {expected[0]}x{expected[1]} RGB, or build "
-                "the model with ViTConfig(image_size=...)"
-            )
-        if not jnp.issubdtype(images.dtype, jnp.floating):
-            raise TypeError(
-                f"encode_image expects float images, got {images.dtype}: convert them, "
-                "e.g. images.astype(jnp.float32) / 127.5 - 1"
-            )
+        check_images(images, self.config.vision.image_shape, "encode_image")
         tower = cast_floating(self.image, self.config.dtype)
         images = constrain_batch(images.astype(self.config.dtype))
         if mask is None:

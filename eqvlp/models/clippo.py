@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray, Shaped, UInt8
 
 from eqvlp.models.config import ViTConfig
-from eqvlp.models.contrastive import ContrastiveModel
+from eqvlp.models.contrastive import ContrastiveModel, check_images
 from eqvlp.models.settings import ContrastiveSettings
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
@@ -57,21 +57,6 @@ class CLIPPOConfig(ContrastiveSettings):
                 f"images {width} px wide cannot hold rendered text of font_size "
                 f"{self.render.font_size}: use a larger ViTConfig.image_size"
             )
-
-
-def check_images(images: Shaped[Array, "..."], expected: tuple[int, int, int], fn: str) -> None:
-    """Raises a clear error unless `images` is a float batch of `expected` images."""
-    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
-        raise ValueError(
-            f"{fn} expects images of shape (batch, {', '.join(map(str, expected))}), got "
-            f"{tuple(images.shape)}: resize to {expected[0]}x{expected[1]} RGB, or build the "
-            "model with ViTConfig(image_size=...)"
-        )
-    if not jnp.issubdtype(images.dtype, jnp.floating):
-        raise TypeError(
-            f"{fn} expects float images, got {images.dtype}: convert them, "
-            "e.g. images.astype(jnp.float32) / 127.5 - 1"
-        )
 
 
 def rendered_to_float(

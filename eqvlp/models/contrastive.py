@@ -8,9 +8,24 @@ import abc
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Shaped
 
 from eqvlp.losses.validation import normalize
+
+
+def check_images(images: Shaped[Array, "..."], expected: tuple[int, int, int], fn: str) -> None:
+    """Raises a clear error unless `images` is a float batch of `expected` images."""
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(
+            f"{fn} expects images of shape (batch, {', '.join(map(str, expected))}), got "
+            f"{tuple(images.shape)}: resize to {expected[0]}x{expected[1]} RGB, or build the "
+            "model with ViTConfig(image_size=...)"
+        )
+    if not jnp.issubdtype(images.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn} expects float images, got {images.dtype}: convert them, "
+            "e.g. images.astype(jnp.float32) / 127.5 - 1"
+        )
 
 
 class ContrastiveModel(eqx.Module):

@@ -13,9 +13,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
-from eqvlp.models.clippo import check_images
 from eqvlp.models.config import ViTConfig
-from eqvlp.models.contrastive import ContrastiveModel
+from eqvlp.models.contrastive import ContrastiveModel, check_images
 from eqvlp.models.settings import ContrastiveSettings
 from eqvlp.models.vit import ViT
 from eqvlp.nn import LearnedPositionEmbedding
