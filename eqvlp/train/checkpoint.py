@@ -56,10 +56,13 @@ def _sync(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-def save(directory: str | os.PathLike, step: int, tree: PyTree, extra: dict | None = None) -> Path:
+def save(directory: str | os.PathLike, step: int, tree: PyTree, extra: dict | None = None,
+         *, local: dict | None = None) -> Path:
     """Writes `tree` (sharded `jax.Array`s) and `extra` (JSON values) as checkpoint `step`.
 
-    Every process must call it with the same arguments. Returns the committed directory.
+    Every process must call it with the same `tree` and `extra`; `local` is this process's
+    own JSON state (e.g. its data iterator position), read back by `read_local`. Returns the
+    committed directory.
     """
     directory = Path(directory)
     final, tmp = directory / f"step_{step:08d}", directory / f"step_{step:08d}.tmp"
@@ -85,6 +88,8 @@ def save(directory: str | os.PathLike, step: int, tree: PyTree, extra: dict | No
                 writes.append(store[shard.index].write(np.asarray(shard.data)))
     for w in writes:
         w.result()
+    if local is not None:
+        (tmp / f"local_{jax.process_index():05d}.json").write_text(json.dumps(local))
     _sync(f"eqvlp-ckpt-written-{step}")
     if jax.process_index() == 0:
         meta = {"step": step, "extra": extra or {},
@@ -110,6 +115,20 @@ def committed_steps(directory: str | os.PathLike) -> list[int]:
         if match and (entry / "COMMIT").exists():
             steps.append(int(match.group(1)))
     return sorted(steps)
+
+
+def read_local(directory: str | os.PathLike, step: int) -> dict | None:
+    """This process's `local` state saved with checkpoint `step` (None if it saved none)."""
+    path = Path(directory) / f"step_{step:08d}" / f"local_{jax.process_index():05d}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def prune(directory: str | os.PathLike, keep: int) -> None:
+    """Deletes all but the newest `keep` committed checkpoints (process 0 only)."""
+    if jax.process_index() != 0 or keep < 1:
+        return
+    for step in committed_steps(directory)[:-keep]:
+        shutil.rmtree(Path(directory) / f"step_{step:08d}", ignore_errors=True)
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
