@@ -120,7 +120,8 @@ def run_render(args: argparse.Namespace) -> None:
           f"{len(text)} characters ({font.num_glyphs} glyphs in {', '.join(font.paths)})")
 
 
-def run_train(args: argparse.Namespace) -> None:
+def _start_jax(args: argparse.Namespace):
+    """Simulated CPU devices and `jax.distributed` for multi-process runs, before JAX starts."""
     import os
 
     if args.cpu_devices:
@@ -137,7 +138,7 @@ def run_train(args: argparse.Namespace) -> None:
             process_id = int(os.environ["EQVLP_PROCESS_ID"])
         if coordinator is None or process_id is None:
             raise SystemExit(
-                "eqvlp train: --num-processes > 1 needs --coordinator HOST:PORT and "
+                f"eqvlp {args.command}: --num-processes > 1 needs --coordinator HOST:PORT and "
                 "--process-id I (or EQVLP_COORDINATOR and EQVLP_PROCESS_ID)"
             )
         if jax.config.jax_platforms in (None, "", "cpu") and args.cpu_devices:
@@ -145,19 +146,238 @@ def run_train(args: argparse.Namespace) -> None:
         jax.distributed.initialize(coordinator, num_processes, process_id)
     elif args.auto_distributed:
         jax.distributed.initialize()  # cluster auto-detection (SLURM, TPU pods, ...)
+    return jax
 
-    from eqvlp.train.loop import TrainConfig, train, write_summary
 
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+def _mesh_arg(value: str) -> tuple[int, int, int]:
+    """`DATA,FSDP,TENSOR` axis sizes, e.g. `2,4,1` or `-1,1,1`."""
+    try:
+        sizes = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(
+            f"--mesh {value!r}: give three axis sizes DATA,FSDP,TENSOR, e.g. 2,4,1 (-1: the rest)")
+    return sizes
+
+
+def train_config_from_args(args: argparse.Namespace):
+    """The run's `TrainConfig`: --config, then the flags, then every --set (last wins)."""
+    from eqvlp.train.config import load_config, override
+
+    cfg = load_config(args.config)
+    sets = []
+    if args.workdir:
+        sets.append(f"workdir={args.workdir}")
+    if args.data:
+        sets.append(f"data.data={args.data}")
+    if args.eval_data:
+        sets.append(f"eval.data={args.eval_data}")
+    if args.zeroshot:
+        sets.append(f"eval.zeroshot={args.zeroshot}")
+    if args.steps is not None:
+        sets.append(f"steps={args.steps}")
+    if args.mesh:
+        sets += [f"mesh.{axis}={size}" for axis, size in zip(("data", "fsdp", "tensor"), args.mesh)]
+    return override(cfg, sets + list(args.set or []))
+
+
+def run_train(args: argparse.Namespace) -> None:
+    if args.help_config:
+        from eqvlp.train.config import reference_markdown
+
+        print(reference_markdown(), end="")
+        return
+    try:
+        cfg = train_config_from_args(args)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise SystemExit(f"eqvlp train: {error}") from None
+    jax = _start_jax(args)
+
+    from eqvlp.train.config import to_json
+    from eqvlp.train.loop import train
+
     log = print if jax.process_index() == 0 else (lambda *a, **k: None)
-    log(f"eqvlp train: {cfg.model}, rules {cfg.rules}, {jax.process_count()} process(es), "
-        f"{jax.device_count()} devices")
-    summary = train(cfg, log=log)
-    log(f"final loss {summary['final_loss']:.4f} after {summary['steps']} steps "
-        f"({summary['seconds']:.1f}s)")
+    model = cfg.model if isinstance(cfg.model, str) else type(cfg.model).__name__
+    log(f"eqvlp train: {args.config or 'default'} ({model}) on {cfg.data.data}, "
+        f"{cfg.steps} steps of {cfg.batch_size}, {jax.process_count()} process(es), "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {cfg.workdir}")
+    from pathlib import Path
+
+    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        import json
+
+        (Path(cfg.workdir) / "config.json").write_text(json.dumps(to_json(cfg), indent=1))
+    try:
+        results = train(cfg, log=log, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as error:
+        raise SystemExit(f"eqvlp train: {error}") from None
+    log(results_table(results))
+
+
+def results_table(results: dict) -> str:
+    """The headline numbers of a run or an evaluation as a small table."""
+    rows = [(k, results[k]) for k in (
+        "zeroshot_top1", "zeroshot_top5", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5",
+        "linear_probe", "final_loss", "steps", "wall_s", "images_per_s", "skipped_steps",
+        "data_skipped") if k in results]
+    width = max(len(k) for k, _ in rows) if rows else 0
+    lines = []
+    for key, value in rows:
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"  {key:<{width}}  {shown}")
+    return "\n".join(lines)
+
+
+def _eval_model(args: argparse.Namespace):
+    """(model, model config, prepare_text, normalization, run config or None)."""
+    import jax
+
+    from eqvlp import models
+    from eqvlp.train.loop import context_length, text_preparer
+
+    if args.checkpoint:
+        from eqvlp.train.run import load_run
+
+        model, cfg, tokenizer = load_run(args.checkpoint, ema=args.ema)
+        return model, model.config, text_preparer(model, model.config, tokenizer), \
+            cfg.normalization, cfg
+    if args.transformers:
+        from pathlib import Path
+
+        import tokenizers
+
+        from eqvlp.convert import from_transformers
+
+        model = from_transformers(args.transformers)
+        path = Path(args.transformers) / "tokenizer.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} is missing: save the model's tokenizer beside it "
+                                    "(processor.save_pretrained(directory))")
+        tokenizer = tokenizers.Tokenizer.from_file(str(path))
+        length = context_length(model.config)
+        tokenizer.enable_truncation(length)
+        pad = tokenizer.token_to_id("<pad>")
+        tokenizer.enable_padding(length=length,
+                                 pad_id=pad if pad is not None else tokenizer.token_to_id(
+                                     "<|endoftext|>") or 0)
+        import numpy as np
+
+        def prepare(texts):
+            return np.asarray([e.ids for e in tokenizer.encode_batch(texts)], np.int32)
+
+        return model, model.config, prepare, "clip" if model.config.loss == "softmax" \
+            else "signed", None
+    model = models.create(args.preset, key=jax.random.key(0))
+    tokenizer = None
+    if not args.preset.startswith("clippo"):
+        from eqvlp.data import Shapes, ShapesConfig, fit_tokenizer, make_source
+        from eqvlp.data import DataConfig
+
+        source = make_source(DataConfig(data=args.data)) if args.data != "shapes" else \
+            Shapes("train", num_samples=2000, config=ShapesConfig())
+        vocab = getattr(getattr(model.config, "text", None), "vocab_size", None) or \
+            model.config.vocab_size
+        tokenizer = fit_tokenizer(source, vocab_size=min(vocab, 1000))
+    norm = "signed" if args.preset.startswith(("clippo", "siglip")) else "clip"
+    return model, model.config, text_preparer(model, model.config, tokenizer), norm, None
+
+
+def evaluate_from_args(args: argparse.Namespace) -> dict:
+    """`eqvlp eval`: load the model, read the data, run the tasks, write --json."""
+    import dataclasses
+    import json
+
+    import numpy as np
+
+    from eqvlp.data import DataConfig, normalization, zeroshot_task
+    from eqvlp.eval import embed_images, linear_probe, load_zeroshot_file
+    from eqvlp.eval.evaluate import evaluate, load_eval_set
+
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = set(tasks) - {"zeroshot", "retrieval", "probe"}
+    if unknown:
+        raise ValueError(f"--tasks: unknown {sorted(unknown)}: use zeroshot, retrieval, probe")
+    model, model_config, prepare, norm, _ = _eval_model(args)
+    mean_std = normalization(args.normalization or norm)
+    classnames = templates = None
+    label_key = "label"
+    if args.zeroshot:
+        classnames, templates = load_zeroshot_file(args.zeroshot)
+    elif args.data == "shapes":
+        task = zeroshot_task(args.zeroshot_task)
+        classnames, templates, label_key = list(task.classnames), list(task.templates), \
+            task.label_key
+    elif "zeroshot" in tasks:
+        raise ValueError("zero-shot on shards needs --zeroshot FILE with classnames and "
+                         "templates (or drop zeroshot from --tasks)")
+    size = args.image_size or model_config.vision.image_size
+    data = DataConfig(data=args.data, split="test", image_size=size, label_key=label_key)
+    eval_set = load_eval_set(data, num_samples=args.num_samples)
+    results = evaluate(model, eval_set, prepare_text=prepare, normalize=mean_std,
+                       classnames=classnames, templates=templates,
+                       tasks=[t for t in tasks if t != "probe"], batch_size=args.batch_size,
+                       progress=not args.no_progress)
+    if "probe" in tasks:
+        if args.train_data or args.data == "shapes":
+            train_set = load_eval_set(dataclasses.replace(
+                data, data=args.train_data or "shapes", split="train"),
+                num_samples=args.num_samples)
+            test_set = eval_set
+        else:  # carve the probe's training images from the shards themselves
+            cut = int(0.8 * len(eval_set))
+            train_set = dataclasses.replace(eval_set, images=eval_set.images[:cut],
+                                            labels=eval_set.labels[:cut])
+            test_set = dataclasses.replace(eval_set, images=eval_set.images[cut:],
+                                           labels=eval_set.labels[cut:])
+        features = [embed_images(model, s.images, normalize=mean_std, normalized=True,
+                                 batch_size=args.batch_size) for s in (train_set, test_set)]
+        probe = linear_probe(features[0], train_set.labels, features[1], test_set.labels)
+        results["linear_probe"] = float(probe["accuracy"])
+        results["linear_probe_l2"] = float(probe["l2"])
+    results = {k: v for k, v in results.items() if not isinstance(v, np.ndarray)}
     if args.json:
-        write_summary(args.json, summary)
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    try:
+        jax = _start_jax(args)
+        results = evaluate_from_args(args)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise SystemExit(f"eqvlp eval: {error}") from None
+    if jax.process_index() == 0:
+        print(results_table(results))
+
+
+def _distributed_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "multi-process", "one process per host with the same --coordinator (process 0's "
+        "HOST:PORT) and --num-processes, each its own --process-id; or EQVLP_COORDINATOR, "
+        "EQVLP_NUM_PROCESSES, EQVLP_PROCESS_ID; --auto-distributed lets JAX detect SLURM/TPU")
+    group.add_argument("--num-processes", dest="num_processes", type=int)
+    group.add_argument("--process-id", dest="process_id", type=int)
+    group.add_argument("--coordinator", help="HOST:PORT of process 0")
+    group.add_argument("--auto-distributed", action="store_true")
+    group.add_argument("--cpu-devices", dest="cpu_devices", type=int,
+                       help="simulate this many CPU devices per process (testing)")
+
+
+def _train_epilog() -> str:
+    from eqvlp.train.config import CONFIGS
+
+    lines = ["named configs (--config NAME):"]
+    for name, make in CONFIGS.items():
+        lines.append(f"  {name:<14} {(make.__doc__ or '').strip().splitlines()[0]}")
+    lines += ["", "every key for --set: eqvlp train --help-config (or docs/config.md)",
+              "examples:", "  eqvlp train                                  # the embedded default",
+              "  eqvlp train --config clippo-tiny --workdir runs/clippo",
+              "  eqvlp train --data 'shards/{00000..00009}.tar' --eval-data 'val/*.tar' \\",
+              "      --zeroshot classes.json --set optim.lr=3e-4 --steps 5000"]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,32 +392,60 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(run=run_demo)
 
     train = commands.add_parser(
-        "train", help="sharded, checkpointed training on generated pairs (multi-process ready)",
-        description="Train a preset with a sharding rule table on a (data, fsdp, tensor) mesh. "
-        "Multi-host: start one process per host with the same --coordinator (process 0's "
-        "HOST:PORT), --num-processes and its own --process-id, or set EQVLP_COORDINATOR, "
-        "EQVLP_NUM_PROCESSES, EQVLP_PROCESS_ID; --auto-distributed lets JAX detect SLURM/TPU.",
+        "train", help="pre-train a model on the embedded shapes dataset or your shards",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Pre-train a contrastive model, evaluate it (zero-shot, retrieval) and "
+        "write DIR/results.json, metrics.jsonl, curves.png and checkpoints (a rerun resumes).",
+        epilog=_train_epilog(),
     )
-    train.add_argument("--model", help="preset (default clip-tiny)")
+    train.add_argument("--config", help="named config or a .py file defining config() "
+                       "(default: default)")
+    train.add_argument("--workdir", help="run directory (default: the config's workdir)")
+    train.add_argument("--data", help="'shapes' or shard pattern(s), e.g. 'shards/{00000..00099}.tar'")
+    train.add_argument("--eval-data", dest="eval_data", help="'shapes' or shard pattern(s)")
+    train.add_argument("--zeroshot", help="JSON file {\"classnames\": [...], \"templates\": [...]}")
     train.add_argument("--steps", type=int)
-    train.add_argument("--batch-size", dest="batch_size", type=int)
-    train.add_argument("--learning-rate", dest="learning_rate", type=float)
-    train.add_argument("--rules", choices=["dp", "fsdp", "fsdp_tp"])
-    train.add_argument("--data", type=int, help="data axis size (-1: the rest)")
-    train.add_argument("--fsdp", type=int)
-    train.add_argument("--tensor", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--checkpoint-dir", dest="checkpoint_dir")
-    train.add_argument("--checkpoint-every", dest="checkpoint_every", type=int)
-    train.add_argument("--log-every", dest="log_every", type=int)
-    train.add_argument("--num-processes", dest="num_processes", type=int)
-    train.add_argument("--process-id", dest="process_id", type=int)
-    train.add_argument("--coordinator", help="HOST:PORT of process 0")
-    train.add_argument("--auto-distributed", action="store_true")
-    train.add_argument("--cpu-devices", dest="cpu_devices", type=int,
-                       help="simulate this many CPU devices per process (testing)")
-    train.add_argument("--json", help="write a run summary (losses, checksum) here")
+    train.add_argument("--mesh", type=_mesh_arg, help="DATA,FSDP,TENSOR axis sizes, e.g. 2,4,1")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override any config key, e.g. --set optim.lr=3e-4 (repeatable)")
+    train.add_argument("--help-config", dest="help_config", action="store_true",
+                       help="print every config key with its type and default, then exit")
+    train.add_argument("--no-progress", dest="no_progress", action="store_true",
+                       help="no progress bar (logs still go to metrics.jsonl)")
+    _distributed_flags(train)
     train.set_defaults(run=run_train)
+
+    evaluate = commands.add_parser(
+        "eval", help="zero-shot, retrieval and linear-probe evaluation of a model",
+        description="Evaluate a trained run (--checkpoint DIR), a preset with random weights "
+        "(--preset NAME) or a transformers CLIPModel/SiglipModel directory (--transformers DIR) "
+        "on the embedded dataset or shards.",
+    )
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="an eqvlp train run directory")
+    source.add_argument("--preset", help="a model preset, random weights")
+    source.add_argument("--transformers", help="a save_pretrained directory with tokenizer.json")
+    evaluate.add_argument("--data", default="shapes", help="'shapes' (test split) or shard pattern(s)")
+    evaluate.add_argument("--train-data", dest="train_data",
+                          help="training images for the linear probe (default: shapes train split "
+                          "or the --data shards' first 80%%)")
+    evaluate.add_argument("--zeroshot", help="class names + templates JSON (default for shapes: "
+                          "the built-in shape_colour task)")
+    evaluate.add_argument("--zeroshot-task", dest="zeroshot_task", default="shape_colour",
+                          choices=("shape", "colour", "shape_colour"))
+    evaluate.add_argument("--tasks", default="zeroshot,retrieval",
+                          help="comma-separated: zeroshot, retrieval, probe")
+    evaluate.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
+    evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=256)
+    evaluate.add_argument("--image-size", dest="image_size", type=int,
+                          help="evaluation image size (default: the model's)")
+    evaluate.add_argument("--normalization", choices=("clip", "signed"),
+                          help="uint8 -> float (default: the run's, else clip; CLIPPO signed)")
+    evaluate.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a run")
+    evaluate.add_argument("--json", help="write the results here")
+    evaluate.add_argument("--no-progress", dest="no_progress", action="store_true")
+    _distributed_flags(evaluate)
+    evaluate.set_defaults(run=run_eval)
     render = commands.add_parser(
         "render", help="render text to a PNG the way CLIPPO sees it (GNU Unifont)"
     )

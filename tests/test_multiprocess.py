@@ -1,10 +1,15 @@
-"""2 processes x 4 CPU devices (jax.distributed + gloo) give the same training run as 1 x 8."""
+"""`eqvlp train` on shards with 2 processes x 2 CPU devices (jax.distributed + gloo) equals one
+process with 4 devices: same losses, and the processes read disjoint halves of every batch."""
 
 import json
 import os
 import socket
 import subprocess
 import sys
+
+import numpy as np
+
+from eqvlp.data import write_shards
 
 
 def free_port() -> int:
@@ -13,29 +18,50 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def run_train(tmp_path, name, extra):
-    out = tmp_path / f"{name}.json"
-    cmd = [sys.executable, "-m", "eqvlp", "train", "--rules", "fsdp", "--fsdp", "8",
-           "--steps", "2", "--batch-size", "16", "--json", str(out), *extra]
+def launch(workdir, shards, extra):
+    sets = ["model=clip-tiny", "batch_size=8", "optim.warmup_steps=1", "log_every=1",
+            "log_samples=True", "vocab_size=300", "eval.tasks=('retrieval',)",
+            "eval.num_samples=16", "eval.batch_size=8", "mesh.rules=fsdp", "mesh.data=1",
+            "mesh.fsdp=-1"]
+    cmd = [sys.executable, "-m", "eqvlp", "train", "--workdir", str(workdir), "--steps", "3",
+           "--data", shards, "--eval-data", shards, "--no-progress",
+           *[a for s in sets for a in ("--set", s)], *extra]
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True), out
+                            text=True)
 
 
-def test_two_processes_match_one(tmp_path):
+def read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_processes_train_like_one_on_disjoint_samples(tmp_path):
+    rng = np.random.default_rng(0)
+    samples = [{"image": rng.integers(0, 255, (40, 40, 3), np.uint8),
+                "text": f"a picture of thing number {i}"} for i in range(40)]
+    write_shards(samples, tmp_path / "shards", samples_per_shard=10)
+    shards = str(tmp_path / "shards" / "{00000..00003}.tar")
     port = free_port()
-    runs = [run_train(tmp_path, "single", ["--cpu-devices", "8"])]
-    for i in range(2):
-        runs.append(run_train(tmp_path, f"proc{i}", [
-            "--cpu-devices", "4", "--num-processes", "2", "--process-id", str(i),
-            "--coordinator", f"localhost:{port}"]))
-    for proc, _ in runs:
-        output, _ = proc.communicate(timeout=400)
+    runs = [launch(tmp_path / "single", shards, ["--cpu-devices", "4"])]
+    runs += [launch(tmp_path / "multi", shards, [
+        "--cpu-devices", "2", "--num-processes", "2", "--process-id", str(i),
+        "--coordinator", f"localhost:{port}"]) for i in range(2)]
+    for proc in runs:
+        output, _ = proc.communicate(timeout=500)
         assert proc.returncode == 0, output[-3000:]
-    single, proc0, proc1 = (json.loads(out.read_text()) for _, out in runs)
-    assert single["processes"] == 1 and proc0["processes"] == 2
-    assert proc0["losses"] == proc1["losses"]
-    for a, b in zip(single["losses"], proc0["losses"], strict=True):
-        assert abs(a - b) <= 1e-5 * abs(a)
-    assert abs(single["param_checksum"] - proc0["param_checksum"]) <= 1e-5 * single["param_checksum"]
+    single = read(tmp_path / "single" / "metrics.jsonl")
+    multi = read(tmp_path / "multi" / "metrics.jsonl")
+    losses = [(r["step"], r["loss"]) for r in single if "loss" in r]
+    for (step, a), (step_b, b) in zip(losses, [(r["step"], r["loss"]) for r in multi
+                                               if "loss" in r], strict=True):
+        assert step == step_b and abs(a - b) <= 1e-5 * abs(a)
+    alone = read(tmp_path / "single" / "samples_0.jsonl")
+    p0, p1 = (read(tmp_path / "multi" / f"samples_{i}.jsonl") for i in range(2))
+    for whole, a, b in zip(alone, p0, p1, strict=True):
+        assert len(a["keys"]) == len(b["keys"]) == 4
+        assert not set(a["keys"]) & set(b["keys"])  # no sample read twice
+        assert sorted(a["keys"] + b["keys"]) == sorted(whole["keys"])
+    results = json.loads((tmp_path / "multi" / "results.json").read_text())
+    alone_results = json.loads((tmp_path / "single" / "results.json").read_text())
+    assert results["processes"] == 2 and abs(results["i2t_r1"] - alone_results["i2t_r1"]) < 1e-6

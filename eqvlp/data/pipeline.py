@@ -51,6 +51,8 @@ class DataConfig:
       tokenizing (the jit-able truncate/random/block reductions run on the device instead).
     - `caption_field`, `label_field`: fields of `KEY.json` used when `KEY.txt` / `KEY.cls`
       are absent.
+    - `label_key`: the record field that becomes `label` (shards: `label`; the shapes dataset
+      also has `shape`, `colour` and `shape_colour`, one per zero-shot task).
     - `batch_size`: the global batch; each of `process_count` processes gets an equal share.
     - `workers`: grain worker processes decoding in parallel (0: in this process).
     """
@@ -70,6 +72,7 @@ class DataConfig:
     syntax_words: int | None = None
     caption_field: str = "caption"
     label_field: str = "label"
+    label_key: str = "label"
     batch_size: int = 64
     seed: int = 0
     workers: int = 0
@@ -146,7 +149,9 @@ class Preprocess(grain.transforms.RandomMap):
         if text is None:
             return {**out, "problem": "missing_caption"}
         out["text"] = self._text(text, rng)
-        out["label"] = np.int32(record.get("label", -1))
+        out["label"] = np.int32(record.get(self.config.label_key, -1))
+        if not self.config.training:  # every caption, for retrieval
+            out["captions"] = list(record.get("captions") or [text])
         return out
 
     def _image(self, record: dict, rng: np.random.Generator) -> np.ndarray:
@@ -254,7 +259,7 @@ class _DropBadDataset(grain.IterDataset):
         return _DropBad(self._parent.__iter__(), self.skipped)
 
 
-BATCH_FIELDS = ("image", "text", "label", "index")
+BATCH_FIELDS = ("image", "text", "label", "index", "captions")
 
 
 def collate(records: Sequence[dict]) -> dict[str, Any]:
@@ -262,6 +267,8 @@ def collate(records: Sequence[dict]) -> dict[str, Any]:
     strings (raw captions and keys)."""
     batch = {}
     for name in BATCH_FIELDS:
+        if name not in records[0]:
+            continue
         values = [r[name] for r in records]
         if isinstance(values[0], (str, list)):
             batch[name] = values
@@ -310,8 +317,10 @@ class Loader:
         dataset = grain.MapDataset.source(self.source)
         if config.training:
             dataset = dataset.shuffle(seed=config.seed).repeat(None)
-        dataset = dataset[process_index::process_count]
+        # Augmentation is seeded by the position in the global order (before the split over
+        # processes), so a sample is cropped the same way however many processes read.
         dataset = dataset.random_map(Preprocess(config, tokenizer), seed=config.seed)
+        dataset = dataset[process_index::process_count]
         iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
         if config.workers:
             _absl_flags_ready()
@@ -363,8 +372,12 @@ def fit_tokenizer(source: Source, *, vocab_size: int = 1000, max_samples: int = 
                   seed: int = 0):
     """A BPE tokenizer trained on the captions of (up to `max_samples` random samples of) a
     source: the run directory saves it as `tokenizer.json`."""
+    from eqvlp.data.shapes import captions_corpus
     from eqvlp.tokenizer import train_tokenizer
 
+    if isinstance(source, Shapes):  # its captions need no image drawn
+        return train_tokenizer(captions_corpus(min(max_samples, 2_000), config=source.config),
+                               vocab_size=vocab_size)
     rng = np.random.default_rng(seed)
     count = min(len(source), max_samples)
     indices = rng.choice(len(source), count, replace=False) if count < len(source) else range(count)

@@ -237,7 +237,7 @@ def _rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
 def augment_image(
     image: Image.Image | UInt8[np.ndarray, "h w 3"], size: int | tuple[int, int],
     augment: ImageAugment, rng: np.random.Generator,
-) -> UInt8[np.ndarray, "h w 3"]:
+) -> UInt8[np.ndarray, "out_h out_w 3"]:
     """The training view of one image: random resized crop, optional flip and colour jitter.
 
     **Arguments:**
@@ -282,7 +282,9 @@ def colour_jitter(
     return np.rint(x, out=x).astype(np.uint8)
 
 
-def eval_image(image: Image.Image | UInt8[np.ndarray, "h w 3"], size: int | tuple[int, int]) -> UInt8[np.ndarray, "h w 3"]:
+def eval_image(
+    image: Image.Image | UInt8[np.ndarray, "h w 3"], size: int | tuple[int, int]
+) -> UInt8[np.ndarray, "out_h out_w 3"]:
     """The evaluation view: resize (bicubic) to cover `size`, then take the centre crop.
 
     For a square `size` this is CLIP's eval transform, `Resize(size)` on the shorter side then

@@ -1,5 +1,49 @@
-"""Training: the sharded step, checkpoints, and the `eqvlp train` loop."""
+"""Training: configs, the optimiser, exact accumulation, the step, checkpoints, the loop.
 
+- `TrainConfig`, `load_config`, `override`: what one `eqvlp train` run does.
+- `train`: the main job (data, step, evaluation, checkpoints, outputs in the run directory).
+- `load_run`: a run directory's model, config and tokenizer.
+- `OptimConfig`, `make_optimizer`, `learning_rate`, `decay_mask`, `skip_nonfinite`,
+  `SkipNonfiniteState`, `ema_params`: AdamW with warm-up + cosine/rsqrt, masked weight decay,
+  non-finite steps skipped, weight EMA.
+- `accumulated_value_and_grad`: exact gradient accumulation for contrastive losses.
+- `make_objective`: the loss chosen by `LossConfig`.
+- `make_train_step`, `sharded_train_step`, `contrastive_loss`: a plain sharded step for custom
+  loops.
+"""
+
+from eqvlp.train.accumulate import accumulated_value_and_grad
+from eqvlp.train.config import TrainConfig, load_config, override
+from eqvlp.train.loop import train
+from eqvlp.train.objective import make_objective
+from eqvlp.train.optim import (
+    OptimConfig,
+    SkipNonfiniteState,
+    decay_mask,
+    ema_params,
+    learning_rate,
+    make_optimizer,
+    skip_nonfinite,
+)
+from eqvlp.train.run import load_run
 from eqvlp.train.step import contrastive_loss, make_train_step, sharded_train_step
 
-__all__ = ["contrastive_loss", "make_train_step", "sharded_train_step"]
+__all__ = [
+    "OptimConfig",
+    "SkipNonfiniteState",
+    "TrainConfig",
+    "accumulated_value_and_grad",
+    "contrastive_loss",
+    "decay_mask",
+    "ema_params",
+    "learning_rate",
+    "load_config",
+    "load_run",
+    "make_objective",
+    "make_optimizer",
+    "make_train_step",
+    "override",
+    "sharded_train_step",
+    "skip_nonfinite",
+    "train",
+]

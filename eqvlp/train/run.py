@@ -1,0 +1,52 @@
+"""A finished or running `eqvlp train` run directory, loaded back: config, model, tokenizer.
+
+`eqvlp eval --checkpoint DIR`, fine-tuning and export start from here.
+"""
+
+import json
+from pathlib import Path
+
+import equinox as eqx
+import jax
+
+from eqvlp import models
+from eqvlp.train import checkpoint
+from eqvlp.train.config import TrainConfig, from_json
+
+
+def load_config(run: str | Path) -> TrainConfig:
+    """The `TrainConfig` a run was started with (`DIR/config.json`)."""
+    path = Path(run) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: is {run} an eqvlp train run directory?")
+    return from_json(json.loads(path.read_text()))
+
+
+def load_run(run: str | Path, *, step: int | None = None, ema: bool = False):
+    """`(model, config, tokenizer)` of a run at its latest (or a given) checkpoint.
+
+    The model is restored on the local devices, replicated; `ema=True` takes the EMA weights
+    (runs with `optim.ema_decay` set). The tokenizer is None for CLIPPO (rendered text).
+    """
+    cfg = load_config(run)
+    model_config = cfg.model_config()
+    model_class = models.presets.MODEL_CLASSES[type(model_config)]
+    model = model_class(model_config, key=jax.random.key(cfg.seed))
+    if ema and cfg.optim.ema_decay is None:
+        raise ValueError(f"run {run} kept no EMA weights (optim.ema_decay was not set)")
+    name = "ema" if ema else "model"
+    arrays, static = eqx.partition(model, eqx.is_array)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    ckpt_dir = Path(run) / "checkpoints"
+    if checkpoint.latest_step(ckpt_dir) is None:
+        raise FileNotFoundError(f"run {run} has no committed checkpoint in {ckpt_dir}")
+    # the checkpoint holds {"model", "opt_state", ["ema"]}: read only the weights asked for
+    restored, _ = checkpoint.restore(ckpt_dir, {name: arrays},
+                                     {name: jax.tree.map(lambda _: device, arrays)}, step=step)
+    model = eqx.combine(restored[name], static)
+    tokenizer = None
+    if (Path(run) / "tokenizer.json").exists():
+        from eqvlp.tokenizer import load_tokenizer
+
+        tokenizer = load_tokenizer(Path(run) / "tokenizer.json")
+    return model, cfg, tokenizer
