@@ -218,10 +218,10 @@ def run_train(args: argparse.Namespace) -> None:
 
 def results_table(results: dict) -> str:
     """The headline numbers of a run or an evaluation as a small table."""
-    rows = [(k, results[k]) for k in (
-        "zeroshot_top1", "zeroshot_top5", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5",
-        "linear_probe", "final_loss", "steps", "wall_s", "images_per_s", "skipped_steps",
-        "data_skipped") if k in results]
+    keys = ("zeroshot_top1", "zeroshot_top5", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5",
+            "linear_probe", *sorted(k for k in results if k.startswith("fewshot_")),
+            "final_loss", "steps", "wall_s", "images_per_s", "skipped_steps", "data_skipped")
+    rows = [(k, results[k]) for k in keys if k in results]
     width = max(len(k) for k, _ in rows) if rows else 0
     lines = []
     for key, value in rows:
@@ -292,15 +292,14 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from eqvlp.data import DataConfig, normalization, zeroshot_task
-    from eqvlp.eval import embed_images, linear_probe, load_zeroshot_file
+    from eqvlp.eval import embed_images, few_shot, linear_probe, load_zeroshot_file
     from eqvlp.eval.evaluate import evaluate, load_eval_set
 
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    unknown = set(tasks) - {"zeroshot", "retrieval", "probe"}
+    unknown = set(tasks) - {"zeroshot", "retrieval", "probe", "fewshot"}
     if unknown:
-        raise ValueError(f"--tasks: unknown {sorted(unknown)}: use zeroshot, retrieval, probe")
-    model, model_config, prepare, norm, _ = _eval_model(args)
-    mean_std = normalization(args.normalization or norm)
+        raise ValueError(f"--tasks: unknown {sorted(unknown)}: use zeroshot, retrieval, probe, "
+                         "fewshot")
     classnames = templates = None
     label_key = "label"
     if args.zeroshot:
@@ -312,14 +311,17 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
     elif "zeroshot" in tasks:
         raise ValueError("zero-shot on shards needs --zeroshot FILE with classnames and "
                          "templates (or drop zeroshot from --tasks)")
+    model, model_config, prepare, norm, _ = _eval_model(args)
+    mean_std = normalization(args.normalization or norm)
     size = args.image_size or model_config.vision.image_size
     data = DataConfig(data=args.data, split="test", image_size=size, label_key=label_key)
     eval_set = load_eval_set(data, num_samples=args.num_samples)
     results = evaluate(model, eval_set, prepare_text=prepare, normalize=mean_std,
                        classnames=classnames, templates=templates,
-                       tasks=[t for t in tasks if t != "probe"], batch_size=args.batch_size,
+                       tasks=[t for t in tasks if t in ("zeroshot", "retrieval")],
+                       batch_size=args.batch_size,
                        progress=not args.no_progress)
-    if "probe" in tasks:
+    if "probe" in tasks or "fewshot" in tasks:
         if args.train_data or args.data == "shapes":
             train_set = load_eval_set(dataclasses.replace(
                 data, data=args.train_data or "shapes", split="train"),
@@ -333,9 +335,16 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
                                            labels=eval_set.labels[cut:])
         features = [embed_images(model, s.images, normalize=mean_std, normalized=True,
                                  batch_size=args.batch_size) for s in (train_set, test_set)]
-        probe = linear_probe(features[0], train_set.labels, features[1], test_set.labels)
-        results["linear_probe"] = float(probe["accuracy"])
-        results["linear_probe_l2"] = float(probe["l2"])
+        if "probe" in tasks:
+            probe = linear_probe(features[0], train_set.labels, features[1], test_set.labels)
+            results["linear_probe"] = float(probe["accuracy"])
+            results["linear_probe_l2"] = float(probe["l2"])
+        if "fewshot" in tasks:
+            shots = few_shot(features[0], train_set.labels, features[1], test_set.labels,
+                             shots=args.shots, seeds=tuple(range(args.seeds)))
+            for k, stats in shots.items():
+                results[f"fewshot_{k}_mean"] = float(stats["mean"])
+                results[f"fewshot_{k}_std"] = float(stats["std"])
     results = {k: v for k, v in results.items() if not isinstance(v, np.ndarray)}
     if args.json:
         with open(args.json, "w") as f:
@@ -434,7 +443,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--zeroshot-task", dest="zeroshot_task", default="shape_colour",
                           choices=("shape", "colour", "shape_colour"))
     evaluate.add_argument("--tasks", default="zeroshot,retrieval",
-                          help="comma-separated: zeroshot, retrieval, probe")
+                          help="comma-separated: zeroshot, retrieval, probe, fewshot")
+    evaluate.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10],
+                          help="k of the few-shot probes (default: 1 5 10)")
+    evaluate.add_argument("--seeds", type=int, default=3, help="few-shot seeds (default: 3)")
     evaluate.add_argument("--num-samples", dest="num_samples", type=int, default=1000)
     evaluate.add_argument("--batch-size", dest="batch_size", type=int, default=256)
     evaluate.add_argument("--image-size", dest="image_size", type=int,

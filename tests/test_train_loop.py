@@ -55,9 +55,9 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
     env = os.environ | {"JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)
     full, broken = tmp_path / "full", tmp_path / "broken"
-    run = subprocess.run(_cli(full, 30), env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(_cli(full, 12), env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    proc = subprocess.Popen(_cli(broken, 30), env=env, stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_cli(broken, 12), env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while not (broken / "checkpoints" / "step_00000003").exists():
@@ -66,12 +66,12 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = max(losses(broken))
-    assert killed_at < 30, "the run finished before it could be killed"
-    run = subprocess.run(_cli(broken, 30), env=env, capture_output=True, text=True, timeout=600)
+    assert killed_at < 12, "the run finished before it could be killed"
+    run = subprocess.run(_cli(broken, 12), env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     assert "resumed from step" in run.stdout
     want, got = losses(full), losses(broken)  # later lines of a step overwrite earlier ones
-    assert sorted(got) == sorted(want) == list(range(1, 31))
+    assert sorted(got) == sorted(want) == list(range(1, 13))
     assert all(got[s] == want[s] for s in want), [(s, got[s], want[s]) for s in want]
 
 
