@@ -226,19 +226,58 @@ class SkipCounts:
 
 
 class _DropBad(grain.DatasetIterator):
-    """Drops records that name a problem, counting them; its state is the parent's plus the
-    counts, so a resumed run reports the same totals."""
+    """Drops records that name a problem. It runs where the records are made (in the worker
+    processes), so it cannot count: each drop rides on the next good record (`dropped`), and
+    the batches carry them to `_CountSkips` in the main process. Drops after the last good
+    record of a finite pass come out as one record marked `only_drops`."""
 
-    def __init__(self, parent: grain.DatasetIterator, skipped: SkipCounts):
+    def __init__(self, parent: grain.DatasetIterator):
+        super().__init__(parent)
+        self._pending: list[dict] = []
+
+    def __next__(self) -> dict:
+        while True:
+            try:
+                record = next(self._parent)
+            except StopIteration:
+                if not self._pending:
+                    raise
+                record, self._pending = {"only_drops": True, "dropped": self._pending}, []
+                return record
+            if record.get("problem") is None:
+                record["dropped"], self._pending = self._pending, []
+                return record
+            self._pending.append({k: record.get(k) for k in ("problem", "shard", "key", "error")})
+
+    def get_state(self) -> dict:
+        return self._parent.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self._parent.set_state(state)
+        self._pending = []
+
+
+class _DropBadDataset(grain.IterDataset):
+    def __iter__(self) -> grain.DatasetIterator:
+        return _DropBad(self._parent.__iter__())
+
+
+class _CountSkips(grain.DatasetIterator):
+    """Counts the drops each batch carries (main process) and hides batches that hold only
+    drops; its state is the parent's plus the counts, so a resumed run reports the same
+    totals."""
+
+    def __init__(self, parent: grain.DatasetIterator, skipped: "SkipCounts"):
         super().__init__(parent)
         self.skipped = skipped
 
     def __next__(self) -> dict:
         while True:
-            record = next(self._parent)
-            if record.get("problem") is None:
-                return record
-            self.skipped.add(record)
+            batch = next(self._parent)
+            for record in batch.pop("dropped"):
+                self.skipped.add(record)
+            if batch["key"]:
+                return batch
 
     def get_state(self) -> dict:
         return {"parent": self._parent.get_state(), "skipped": self.skipped.to_dict()}
@@ -250,13 +289,13 @@ class _DropBad(grain.DatasetIterator):
         self.skipped.examples = {k: list(v) for k, v in restored["examples"].items()}
 
 
-class _DropBadDataset(grain.IterDataset):
-    def __init__(self, parent: grain.IterDataset, skipped: SkipCounts):
+class _CountSkipsDataset(grain.IterDataset):
+    def __init__(self, parent: grain.IterDataset, skipped: "SkipCounts"):
         super().__init__(parent)
         self.skipped = skipped
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _DropBad(self._parent.__iter__(), self.skipped)
+        return _CountSkips(self._parent.__iter__(), self.skipped)
 
 
 BATCH_FIELDS = ("image", "text", "label", "index", "captions")
@@ -264,8 +303,12 @@ BATCH_FIELDS = ("image", "text", "label", "index", "captions")
 
 def collate(records: Sequence[dict]) -> dict[str, Any]:
     """Stacks records into a host batch: arrays for images/ids/labels/indices, lists for
-    strings (raw captions and keys)."""
-    batch = {}
+    strings (raw captions and keys), and the drops the records carry."""
+    dropped = [d for r in records for d in r.get("dropped", [])]
+    records = [r for r in records if not r.get("only_drops")]
+    batch: dict[str, Any] = {"dropped": dropped, "key": [r["key"] for r in records]}
+    if not records:
+        return batch
     for name in BATCH_FIELDS:
         if name not in records[0]:
             continue
@@ -274,7 +317,6 @@ def collate(records: Sequence[dict]) -> dict[str, Any]:
             batch[name] = values
         else:
             batch[name] = np.stack(values)
-    batch["key"] = [r["key"] for r in records]
     return batch
 
 
@@ -322,12 +364,16 @@ class Loader:
         dataset = dataset.random_map(Preprocess(config, tokenizer), seed=config.seed)
         dataset = dataset[process_index::process_count]
         iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0, prefetch_buffer_size=0))
+        # Batches are made in the workers: one batch crosses to this process instead of every
+        # record (per-record transfer cost more than decoding), so with workers each batch holds
+        # one worker's samples and the order depends on the number of workers.
+        iterable = _DropBadDataset(iterable).batch(
+            self.local_batch_size, drop_remainder=config.training, batch_fn=collate)
         if config.workers:
             _absl_flags_ready()
             iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(
                 num_workers=config.workers, per_worker_buffer_size=config.worker_buffer))
-        iterable = _DropBadDataset(iterable, self.skipped).batch(
-            self.local_batch_size, drop_remainder=config.training, batch_fn=collate)
+        iterable = _CountSkipsDataset(iterable, self.skipped)
         self._iterator = iter(iterable)
         if state is not None:
             self.restore(state)
