@@ -15,7 +15,6 @@ Each pipeline is started, one batch is taken (worker start-up), then `--images` 
 """
 
 import argparse
-import io
 import json
 import os
 import platform

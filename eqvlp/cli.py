@@ -286,7 +286,6 @@ def _eval_model(args: argparse.Namespace):
 
 def evaluate_from_args(args: argparse.Namespace) -> dict:
     """`eqvlp eval`: load the model, read the data, run the tasks, write --json."""
-    import dataclasses
     import json
 
     import numpy as np

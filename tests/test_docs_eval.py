@@ -1,24 +1,15 @@
 """Runs the ```python blocks of docs/evaluation.md in order, in one namespace, as a reader would
 paste them, and checks that the worked example produced its results."""
 
-import pathlib
-import re
-
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
+from doc_pages import python_blocks, run_page
 
 
 def test_evaluation_page_runs(capsys):
-    text = (DOCS / "evaluation.md").read_text()
-    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
-    assert len(blocks) == 4, "evaluation.md: features, zero-shot, retrieval and probe examples"
-    namespace = {"__name__": "docs_evaluation"}
-    # Run under the suite's strict dtype promotion (the page's code is valid under both), so
+    assert len(python_blocks("evaluation.md")) == 4, \
+        "evaluation.md: features, zero-shot, retrieval and probe examples"
+    # Runs under the suite's strict dtype promotion (the page's code is valid under both), so
     # that the compiled encoders and L-BFGS loop are shared with tests/test_eval.py.
-    for i, code in enumerate(blocks):
-        try:
-            exec(compile(code, f"evaluation.md[block {i}]", "exec"), namespace)
-        except Exception as e:
-            raise AssertionError(f"evaluation.md, python block {i} failed:\n{code}") from e
+    namespace = run_page("evaluation.md")
     assert set(namespace["result"]) >= {"top1", "top5", "per_class_accuracy", "num_samples"}
     assert {"i2t_r1", "t2i_r5", "i2t_r10"} <= set(namespace["recall"])
     assert sorted(namespace["shots"]) == [1, 10]
