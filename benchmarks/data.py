@@ -11,7 +11,8 @@ with 1 and 2 grain workers, and in the same run the open_clip-style peer: webdat
 the same crop (torchvision's RandomResizedCrop algorithm, bicubic, via Pillow: torchvision's own
 wheel does not load beside the CPU torch build) and the same tokenizer.
 
-Each pipeline is started, one batch is taken (worker start-up), then `--images` images are timed.
+Each pipeline is started, one batch per worker is taken (worker start-up), then `--images`
+images are timed.
 """
 
 import argparse
@@ -27,7 +28,7 @@ import numpy as np
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m benchmarks.data", description=__doc__.split("\n")[0])
     p.add_argument("--samples", type=int, default=2000, help="samples written as shards")
-    p.add_argument("--images", type=int, default=1536, help="images timed per pipeline")
+    p.add_argument("--images", type=int, default=3072, help="images timed per pipeline")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -67,9 +68,11 @@ def write_img2dataset_shards(directory: str, samples: int) -> str:
     return os.path.join(directory, f"{{00000..{len(paths) - 1:05d}}}.tar")
 
 
-def time_iterator(batches, batch_size: int, images: int) -> float:
-    """Images/s over `images` images after the first batch."""
-    next(batches)
+def time_iterator(batches, batch_size: int, images: int, warmup: int) -> float:
+    """Images/s over `images` images after `warmup` batches (one from every worker: a worker
+    process's start-up, imports included, is not throughput)."""
+    for _ in range(warmup):
+        next(batches)
     count, start = 0, time.perf_counter()
     while count < images:
         next(batches)
@@ -84,7 +87,7 @@ def eqvlp_pipeline(pattern, tokenizer, args, workers):
                         context_length=77, workers=workers, seed=0)
     loader = Loader(config, tokenizer=tokenizer, process_index=0, process_count=1)
     try:
-        return time_iterator(loader, args.batch_size, args.images)
+        return time_iterator(loader, args.batch_size, args.images, warmup=workers + 1)
     finally:
         loader.close()
 
@@ -131,7 +134,7 @@ def peer_pipeline(pattern, tokenizer, args, workers):
                .map_tuple(_PeerTransform(args.image_size), _PeerTokenize(tokenizer)))
     loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, num_workers=workers,
                                          persistent_workers=False)
-    return time_iterator(iter(loader), args.batch_size, args.images)
+    return time_iterator(iter(loader), args.batch_size, args.images, warmup=workers + 1)
 
 
 def main(argv=None):

@@ -62,7 +62,11 @@ def tokenize(
     texts = [texts] if isinstance(texts, str) else list(texts)
     bos, eos = tokenizer.token_to_id(BOS), tokenizer.token_to_id(EOS)
     out = np.full((len(texts), context_length), tokenizer.token_to_id(PAD), np.int32)
-    for row, encoding in enumerate(tokenizer.encode_batch(texts, add_special_tokens=False)):
+    # One text (the input pipeline's case) is encoded on this thread: encode_batch would wake
+    # the tokenizers thread pool inside every data worker process and oversubscribe the cores.
+    encodings = ([tokenizer.encode(texts[0], add_special_tokens=False)] if len(texts) == 1
+                 else tokenizer.encode_batch(texts, add_special_tokens=False))
+    for row, encoding in enumerate(encodings):
         ids = [bos, *encoding.ids[: context_length - 2], eos]
         out[row, : len(ids)] = ids
     return out
