@@ -9,6 +9,7 @@ import pytest
 from eqvlp.cli import main
 
 TINY = ["model=clip-tiny", "batch_size=16", "optim.warmup_steps=1", "eval.tasks=()",
+        "data.workers=0",
         "data.num_samples=500", "vocab_size=300"]
 
 

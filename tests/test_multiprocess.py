@@ -20,6 +20,7 @@ def free_port() -> int:
 
 def launch(workdir, shards, extra):
     sets = ["model=clip-tiny", "batch_size=8", "optim.warmup_steps=1", "log_every=1",
+        "data.workers=0",
             "log_samples=True", "vocab_size=300", "eval.tasks=('retrieval',)",
             "eval.num_samples=16", "eval.batch_size=8", "mesh.rules=fsdp", "mesh.data=1",
             "mesh.fsdp=-1"]

@@ -47,6 +47,7 @@ def digits_shards(directory):
 def test_digits_shards_zero_shot_on_held_out_shards(tmp_path):
     train, heldout, classes = digits_shards(tmp_path)
     sets = ["model=clip-tiny", "batch_size=64", "optim.lr=2e-3", "optim.warmup_steps=30",
+        "data.workers=0",
             "eval.num_samples=None", "vocab_size=300"]
     cmd = [sys.executable, "-m", "eqvlp", "train", "--workdir", str(tmp_path / "run"),
            "--data", str(train), "--eval-data", str(heldout), "--zeroshot", str(classes),

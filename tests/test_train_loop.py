@@ -16,6 +16,7 @@ from eqvlp.train.config import load_config, override
 from eqvlp.train.loop import train
 
 TINY = ["model=clip-tiny", "batch_size=16", "optim.warmup_steps=2", "eval.num_samples=32",
+        "data.workers=0",
         "eval.batch_size=16", "log_every=1", "data.num_samples=2000", "vocab_size=400"]
 
 

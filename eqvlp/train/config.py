@@ -189,9 +189,10 @@ def _default() -> TrainConfig:
             text=models.TextConfig.tiny(width=96, depth=3, num_heads=3, mlp_dim=192,
                                         projection_dim=64),
         ),
-        data=_shapes_data(),
+        data=_shapes_data(workers=1),
+        eval=EvalConfig(every=300),
         optim=OptimConfig(lr=2e-3, warmup_steps=100, weight_decay=0.05),
-        steps=1200, batch_size=128, workdir="runs/default",
+        steps=900, batch_size=128, workdir="runs/default",
     )
 
 
