@@ -60,6 +60,13 @@ def test_unknown_keys_and_bad_values_name_the_fix():
         override(load_config(), ["accumulation=3"])  # 128 does not split into 3
     with pytest.raises(ValueError, match="unknown config 'defualt'.*default"):
         load_config("defualt")
+    with pytest.raises(ValueError, match="not a TextAugment"):
+        override(load_config(), ["data.text_augment=0.3"])
+
+
+def test_a_nested_config_can_be_given_whole():
+    cfg = override(load_config(), ['data.text_augment={"delete": 0.3}'])
+    assert cfg.data.text_augment.delete == 0.3 and cfg.data.text_augment.swap == 0.1
 
 
 def test_python_config_file(tmp_path):

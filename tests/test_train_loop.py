@@ -58,11 +58,12 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
     full, broken = tmp_path / "full", tmp_path / "broken"
     run = subprocess.run(_cli(full, 12), env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    proc = subprocess.Popen(_cli(broken, 12), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = (tmp_path / "killed.log").open("w")
+    proc = subprocess.Popen(_cli(broken, 12), env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + 300
     while not (broken / "checkpoints" / "step_00000003").exists():
-        assert time.time() < deadline and proc.poll() is None, "no checkpoint before the kill"
+        assert time.time() < deadline and proc.poll() is None, \
+            "no checkpoint before the kill:\n" + (tmp_path / "killed.log").read_text()[-3000:]
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -281,6 +281,17 @@ def _parse(text: str, annotation: Any) -> Any:
         value = text
     if any(typing.get_origin(t) is tuple for t in types_) and isinstance(value, list):
         value = tuple(value)
+    classes = [t for t in types_ if dataclasses.is_dataclass(t)]
+    if classes and value is not None and not (str in types_ and isinstance(value, str)):
+        # a nested config given whole: {"delete": 0.3, ...} (a string is a preset name)
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{text!r} is not a {classes[0].__name__}: give its fields as a dict, e.g. "
+                "--set 'data.text_augment={\"delete\": 0.3}', or set one field with a dotted key")
+        try:
+            value = classes[0](**value)
+        except TypeError as error:
+            raise ValueError(f"{classes[0].__name__}: {error}") from None
     return value
 
 
