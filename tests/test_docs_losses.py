@@ -4,32 +4,17 @@ Blocks of one page run in order in one namespace, as a reader would paste them. 
 classes the tutorial defines (subclasses of LossProperties) are then run with fewer examples.
 """
 
-import pathlib
-import re
-
 import pytest
+from doc_pages import run_page
 
 from eqvlp.testing import LossProperties
 
-DOCS = pathlib.Path(__file__).resolve().parent.parent / "docs"
 PAGES = ["losses.md", "tutorial_property_testing.md"]
-
-
-def _blocks(page):
-    text = (DOCS / page).read_text()
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_doc_code_runs(page, capsys):
-    blocks = _blocks(page)
-    assert blocks, f"{page} has no python blocks"
-    namespace = {"__name__": f"docs_{page.replace('.', '_')}"}
-    for i, code in enumerate(blocks):
-        try:
-            exec(compile(code, f"{page}[block {i}]", "exec"), namespace)
-        except Exception as e:
-            raise AssertionError(f"{page}, python block {i} failed:\n{code}") from e
+    namespace = run_page(page)
     suites = [v for v in namespace.values() if isinstance(v, type) and issubclass(v, LossProperties)
               and v is not LossProperties and v.__name__.startswith("Test")]
     if page == "tutorial_property_testing.md":
