@@ -207,3 +207,63 @@ def test_cast_floating_keeps_float32_master_gradients(getkey):
     grads = eqx.filter_grad(loss)(layer)
     assert grads.weight.dtype == jnp.float32
     assert nn.cast_floating(layer, "bfloat16")(x).dtype == jnp.bfloat16
+
+
+def naive_conv_stem(stem, image):
+    """Loops over output pixels: stride-2 3x3 convolutions with XLA's SAME padding (the one
+    extra pixel goes after), channel LayerNorm, GELU, then the 1x1 projection."""
+    x = np.asarray(image, np.float64)
+    for kernel in stem.kernels:
+        kernel = np.asarray(kernel, np.float64)
+        h, w = x.shape[:2]
+        padded = np.pad(x, ((0, 1), (0, 1), (0, 0)))
+        out = np.zeros((h // 2, w // 2, kernel.shape[-1]))
+        for i in range(h // 2):
+            for j in range(w // 2):
+                window = padded[2 * i:2 * i + 3, 2 * j:2 * j + 3]
+                out[i, j] = np.einsum("hwc,hwco->o", window, kernel)
+        out = (out - out.mean(-1, keepdims=True)) / np.sqrt(out.var(-1, keepdims=True) + 1e-6)
+        x = np.asarray(jax.nn.gelu(jnp.asarray(out, jnp.float32)), np.float64)
+    tokens = x.reshape(-1, x.shape[-1])
+    return tokens @ np.asarray(stem.projection.weight) + np.asarray(stem.projection.bias)
+
+
+def test_conv_stem_matches_naive_reference(getkey):
+    stem = nn.ConvStem(4, 12, widths=(5, 7), key=getkey())
+    image = jax.random.normal(getkey(), (8, 12, 3))
+    tokens = stem(image)
+    assert tokens.shape == (2 * 3, 12)  # the same tokens as a 4x4 patch embedding
+    np.testing.assert_allclose(tokens, naive_conv_stem(stem, image), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_stem_errors_name_the_fix(getkey):
+    with pytest.raises(ValueError, match="power-of-two patch size"):
+        nn.ConvStem(6, 8, key=getkey())
+    with pytest.raises(ValueError, match="needs 3 stride-2 convolutions"):
+        nn.ConvStem(8, 8, widths=(4, 4), key=getkey())
+    with pytest.raises(ValueError, match="does not split into 8x8 patches"):
+        nn.ConvStem(8, 8, key=getkey())(jnp.zeros((12, 16, 3)))
+    assert nn.conv_stem_widths(8, 96) == (16, 24, 48)
+
+
+def test_vit_with_conv_stem_trains_and_resizes(getkey):
+    from eqvlp import models
+    from eqvlp.models.resize import resize
+
+    config = models.CLIPConfig(vision=models.ViTConfig.tiny(image_size=16, patch_size=4,
+                                                            stem="conv", projection_dim=8),
+                               text=models.TextConfig.tiny(projection_dim=8))
+    model = models.CLIP(config, key=getkey())
+    images, ids = jnp.ones((2, 16, 16, 3)), jnp.full((2, config.text.context_length), 2, jnp.int32)
+
+    def loss(m):
+        zimg, _ = m(images, ids)
+        return jnp.sum(zimg)
+
+    grads = eqx.filter_grad(loss)(model)
+    assert all(float(jnp.abs(k).sum()) > 0 for k in grads.image.patch_embedding.kernels)
+    bigger = resize(model, image_size=32)  # CLIPA's fine-tune phase: only positions change
+    assert bigger.image(jnp.ones((32, 32, 3))).shape == model.image(images[0]).shape
+    # the test session's runtime type checker may catch the Literal first
+    with pytest.raises((ValueError, TypeError), match="stem"):
+        models.ViTConfig.tiny(stem="convolution")

@@ -8,6 +8,7 @@ import math
 from typing import Literal
 
 from eqvlp.models.settings import ContrastiveSettings
+from eqvlp.nn.conv_stem import conv_stem_widths
 from eqvlp.nn.patch_embedding import as_pair, patch_grid
 
 
@@ -17,6 +18,8 @@ class ViTConfig:
 
     `pre_norm` adds OpenAI CLIP's LayerNorm on the patch tokens before the encoder;
     `projection_dim=None` means the pooled vector is the embedding (SigLIP).
+    `stem="conv"` replaces the linear patch embedding with stride-2 3x3 convolutions
+    (`eqvlp.nn.ConvStem`, widths `stem_widths`): same tokens, shapes learned much faster.
     """
 
     image_size: int | tuple[int, int] = 224
@@ -31,6 +34,8 @@ class ViTConfig:
     position_embedding: Literal["learned", "sincos"] = "learned"
     pre_norm: bool = False
     patch_bias: bool = True
+    stem: Literal["patch", "conv"] = "patch"
+    stem_widths: tuple[int, ...] | None = None
     pooling: Literal["cls", "gap", "map"] = "cls"
     projection_dim: int | None = 512
     projection_bias: bool = False
@@ -41,6 +46,10 @@ class ViTConfig:
         patch_grid(self.image_size, self.patch_size)  # raises a clear error if it does not divide
         if self.pooling == "cls" and not self.class_token:
             raise ValueError("pooling='cls' needs class_token=True: set it, or pool with 'gap'/'map'")
+        if self.stem not in ("patch", "conv"):
+            raise ValueError(f"unknown image stem {self.stem!r}: use 'patch' or 'conv'")
+        if self.stem == "conv":
+            conv_stem_widths(self.patch_size, self.width, self.stem_widths)
         if self.pooling not in ("cls", "gap", "map"):
             raise ValueError(f"unknown image pooling {self.pooling!r}: use 'cls', 'gap' or 'map'")
 

@@ -7,6 +7,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from eqvlp.models.config import ViTConfig
 from eqvlp.nn import (
+    ConvStem,
     Encoder,
     LayerNorm,
     LearnedPositionEmbedding,
@@ -21,7 +22,7 @@ from eqvlp.nn import (
 class ViT(eqx.Module):
     """A Vision Transformer that maps one image `(H, W, 3)` to one embedding."""
 
-    patch_embedding: PatchEmbedding
+    patch_embedding: PatchEmbedding | ConvStem
     class_token: Float[Array, "1 dim"] | None
     position_embedding: LearnedPositionEmbedding | SinCosPositionEmbedding
     pre_norm: LayerNorm | None
@@ -35,9 +36,13 @@ class ViT(eqx.Module):
         c = config
         keys = jax.random.split(key, 6)
         self.config = c
-        self.patch_embedding = PatchEmbedding(
-            c.patch_size, c.width, use_bias=c.patch_bias, key=keys[0]
-        )
+        if c.stem == "conv":
+            self.patch_embedding = ConvStem(c.patch_size, c.width, widths=c.stem_widths,
+                                            key=keys[0])
+        else:
+            self.patch_embedding = PatchEmbedding(
+                c.patch_size, c.width, use_bias=c.patch_bias, key=keys[0]
+            )
         self.class_token = (
             0.02 * jax.random.normal(keys[1], (1, c.width), jnp.float32) if c.class_token else None
         )

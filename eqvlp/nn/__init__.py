@@ -5,6 +5,7 @@ Every module works on ONE example (`(seq, dim)`, `(height, width, channels)`); b
 """
 
 from eqvlp.nn.attention import MultiheadAttention, dot_product_attention
+from eqvlp.nn.conv_stem import ConvStem, conv_stem_widths
 from eqvlp.nn.block import TransformerBlock
 from eqvlp.nn.encoder import REMAT_POLICIES, Encoder
 from eqvlp.nn.linear import LayerNorm, Linear
@@ -22,6 +23,7 @@ from eqvlp.nn.position import (
 
 __all__ = [
     "ACTIVATIONS",
+    "ConvStem",
     "MLP",
     "POOLING_METHODS",
     "REMAT_POLICIES",
@@ -36,6 +38,7 @@ __all__ = [
     "TransformerBlock",
     "as_pair",
     "cast_floating",
+    "conv_stem_widths",
     "dot_product_attention",
     "get_activation",
     "patch_grid",
