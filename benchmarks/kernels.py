@@ -12,85 +12,76 @@ about speed: the CPU path uses small sizes and exists so the script always runs.
 
     python -m benchmarks.kernels                         # sizes chosen for the backend
     python -m benchmarks.kernels --seqs 256 1024 4096 --batches 4096 65536 --json k.json
+
+The measuring is `eqvlp.benchmarking` (`sweep`, `matmul_peak`); this script picks the kernels and
+their peers and keeps the printout and JSON of benchmarks/RESULTS.md. To put your own attention
+in a table beside eqvlp's: `python -m eqvlp.benchmarking attention --attention pkg.module:fn`.
 """
 
 import argparse
+import functools
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 
-from eqvlp.kernels import AttentionBlockSizes, LossBlockSizes, flash_attention, fused_sigmoid_loss
+from eqvlp.benchmarking import (
+    Failure,
+    attention_flops,
+    attention_inputs,
+    loss_inputs,
+    matmul_peak,
+    summed,
+    sweep,
+)
+from eqvlp.kernels import (
+    AttentionBlockSizes,
+    LossBlockSizes,
+    flash_attention,
+    fused_sigmoid_loss,
+)
 from eqvlp.losses import chunked_sigmoid_loss
 
 
-def timed(fn, *args, repeats: int) -> float:
-    """Median seconds per call after one compiling call."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_rate(dtype, n: int, repeats: int) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-    f = jax.jit(lambda a: a @ a)
-    return 2 * n**3 / timed(f, a, repeats=repeats) / 1e12
+    """TFLOP/s of an n x n x n matmul."""
+    return matmul_peak([(n, n, n)], dtype=dtype, repeats=repeats).flops_per_second / 1e12
+
+
+def _row(m, kernel: str, size: str) -> dict:
+    if isinstance(m, Failure):  # the peer is unavailable here
+        return {"kernel": kernel, "impl": m.name, size: m.params[size], "error": m.error}
+    return {"kernel": kernel, "impl": m.name, size: m.params[size], "ms": 1e3 * m.seconds,
+            "tflops": m.flops_per_second / 1e12}
 
 
 def attention_rows(seqs, dtype, batch, heads, head_dim, causal, repeats, impls):
-    rows = []
-    for t in seqs:
-        keys = jax.random.split(jax.random.key(t), 3)
-        q, k, v = (jax.random.normal(kk, (batch, t, heads, head_dim), dtype) for kk in keys)
-        fwd_flops = 4 * batch * heads * t * t * head_dim * (0.5 if causal else 1.0)
-        flops = 3.5 * fwd_flops  # forward + backward with the backward's recomputation
-        candidates = {
-            "pallas": lambda q, k, v: flash_attention(q, k, v, causal=causal,
-                                                      block_sizes=AttentionBlockSizes(128, 128)),
-            "xla": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
-                                                                implementation="xla"),
-            "cudnn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal,
-                                                                  implementation="cudnn"),
-        }
-        for name in impls:
-            loss = lambda q, k, v, f=candidates[name]: jnp.sum(f(q, k, v).astype(jnp.float32))
-            step = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-            try:
-                seconds = timed(step, q, k, v, repeats=repeats)
-            except Exception as error:  # noqa: BLE001 - a peer may be unavailable here
-                rows.append({"kernel": "attention", "impl": name, "seq": t,
-                             "error": f"{type(error).__name__}: {str(error)[:120]}"})
-                continue
-            rows.append({"kernel": "attention", "impl": name, "seq": t, "ms": 1e3 * seconds,
-                         "tflops": flops / seconds / 1e12})
-    return rows
+    candidates = {
+        "pallas": functools.partial(flash_attention, causal=causal, block_sizes=AttentionBlockSizes(128, 128)),
+        "xla": functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="xla"),
+        "cudnn": functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn"),
+    }
+    result = sweep(
+        {name: summed(candidates[name]) for name in impls},
+        lambda t: attention_inputs(t, batch, heads, head_dim, dtype), seqs, size="seq",
+        flops=lambda t: attention_flops(t, batch, heads, head_dim, causal=causal), argnums=(0, 1, 2),
+        repeats=repeats, errors="record",
+    )
+    rows = {(m.params["seq"], m.name): _row(m, "attention", "seq") for m in (*result.rows, *result.failures)}
+    return [rows[(t, name)] for t in seqs for name in impls]
 
 
 def loss_rows(batches, dim, repeats, chunk):
     rows = []
     for b in batches:
-        k1, k2 = jax.random.split(jax.random.key(b))
-        zi = jax.random.normal(k1, (b, dim))
-        zt = jax.random.normal(k2, (b, dim))
-        zi, zt = (z / jnp.linalg.norm(z, axis=1, keepdims=True) for z in (zi, zt))
-        flops = 8 * b * b * dim  # forward 2B^2D + backward (recompute + two products) 6B^2D
         candidates = {
-            "pallas": lambda zi, zt: fused_sigmoid_loss(zi, zt, 10.0, -10.0,
-                                                        block_sizes=LossBlockSizes(128, 128)),
-            "jnp-chunked": lambda zi, zt: chunked_sigmoid_loss(zi, zt, 10.0, -10.0,
-                                                               chunk_size=min(chunk, b)),
+            "pallas": functools.partial(fused_sigmoid_loss, block_sizes=LossBlockSizes(128, 128)),
+            "jnp-chunked": functools.partial(chunked_sigmoid_loss, chunk_size=min(chunk, b)),
         }
-        for name, f in candidates.items():
-            step = jax.jit(jax.value_and_grad(f, argnums=(0, 1)))
-            seconds = timed(step, zi, zt, repeats=repeats)
-            rows.append({"kernel": "sigmoid_loss", "impl": name, "batch": b, "ms": 1e3 * seconds,
-                         "tflops": flops / seconds / 1e12})
+        # forward 2B^2D + backward (recompute + two products) 6B^2D
+        result = sweep(candidates, lambda b: loss_inputs(b, dim), [b], flops=lambda b: 8 * b * b * dim,
+                       argnums=(0, 1), repeats=repeats)
+        rows += [_row(m, "sigmoid_loss", "batch") for m in result.rows]
     return rows
 
 

@@ -16,15 +16,17 @@ per-device SPMD program, so the number is per simulated device.
 
 The 8 simulated devices (`--xla_force_host_platform_device_count`) share this machine's cores:
 their times measure the algorithm's overhead (communication, smaller blocks), not a speed-up.
+
+The measuring is `eqvlp.benchmarking` (`compare_losses`, `matmul_peak`); this script keeps the
+command line, printout and JSON of the figures in benchmarks/RESULTS.md. To put your own loss in
+the same table: `python -m eqvlp.benchmarking losses --loss pkg.module:fn`.
 """
 
 import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
 
 VARIANTS = ("reference", "chunked", "ring", "bidir")
 
@@ -46,83 +48,51 @@ def _parse(argv):
 
 def main(argv=None):
     args = _parse(argv)
-    # Must precede the first JAX import.
+    # Must precede the first use of a JAX backend.
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={args.devices}"
     ).strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
     import jax
-    import jax.numpy as jnp
 
-    from eqvlp.losses import chunked_sigmoid_loss, distributed_sigmoid_loss, normalize, shard_loss, sigmoid_loss
-
-    def timed(fn, *xs):
-        jax.block_until_ready(fn(*xs))  # warm-up
-        times = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*xs))
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+    from eqvlp.benchmarking import compare_losses, matmul_peak
 
     # -- the machine's float32 matmul rate ---------------------------------------------------------
-    matmul = []
     shapes = [(2048, 2048, 2048), (args.chunk_size, args.dim, 4096), (4096, args.dim, 4096)]
-    for m, k, n in shapes:
-        a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
-        b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
-        t = timed(jax.jit(jnp.matmul), a, b)
-        matmul.append({"shape": f"({m}x{k})@({k}x{n})", "gflops": 2 * m * k * n / t / 1e9})
-    best = max(matmul, key=lambda r: r["gflops"])
+    peak = matmul_peak(shapes, repeats=args.repeats)
+    matmul = [{"shape": m.params["shape"], "gflops": m.flops_per_second / 1e9} for m in peak.measurements]
+    best = {"shape": peak.best.params["shape"], "gflops": peak.flops_per_second / 1e9}
     print("float32 matmul rate:")
     for r in matmul:
         print(f"  {r['shape']:>26}: {r['gflops']:7.1f} GFLOP/s")
     print(f"  best (the 100% below): {best['gflops']:.1f} GFLOP/s at {best['shape']}\n")
 
-    mesh = jax.make_mesh(
-        (args.devices,), ("data",), devices=jax.devices()[: args.devices], axis_types=(jax.sharding.AxisType.Auto,)
-    )
-    losses = {
-        "reference": (sigmoid_loss, 1),
-        "chunked": (lambda *a: chunked_sigmoid_loss(*a, chunk_size=args.chunk_size), 1),
-        "ring": (shard_loss(distributed_sigmoid_loss, mesh, method="ring"), args.devices),
-        "bidir": (shard_loss(distributed_sigmoid_loss, mesh, method="bidir"), args.devices),
-    }
-
     rows = []
-    for batch in args.batch_sizes:
-        k1, k2 = jax.random.split(jax.random.key(batch))
-        zi = normalize(jax.random.normal(k1, (batch, args.dim), jnp.float32))
-        zt = normalize(jax.random.normal(k2, (batch, args.dim), jnp.float32))
-        xs = (zi, zt, jnp.float32(10.0), jnp.float32(-10.0))
-        flops = 6 * batch * batch * args.dim
-        for name in args.variants:
-            loss, devices = losses[name]
-            fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2, 3)))
-            t0 = time.perf_counter()
-            compiled = fn.lower(*xs).compile()
-            compile_s = time.perf_counter() - t0
-            mem = compiled.memory_analysis()
-            peak = None if mem is None else mem.temp_size_in_bytes + mem.output_size_in_bytes
-            seconds = timed(compiled, *xs)
-            value = float(compiled(*xs)[0])
-            rows.append(
-                {
-                    "variant": name,
-                    "devices": devices,
-                    "batch": batch,
-                    "dim": args.dim,
-                    "chunk_size": args.chunk_size if name == "chunked" else None,
-                    "seconds": seconds,
-                    "compile_seconds": compile_s,
-                    "peak_bytes": peak,
-                    "gflops": flops / seconds / 1e9,
-                    "pct_matmul": 100 * flops / seconds / 1e9 / best["gflops"],
-                    "loss": value,
-                }
-            )
-            _print_row(rows[-1], header=len(rows) == 1)
+
+    def record(m):
+        rows.append(
+            {
+                "variant": m.name,
+                "devices": m.devices,
+                "batch": m.params["batch"],
+                "dim": args.dim,
+                "chunk_size": args.chunk_size if m.name == "chunked" else None,
+                "seconds": m.seconds,
+                "compile_seconds": m.compile_seconds,
+                "peak_bytes": m.peak_bytes,
+                "gflops": m.flops_per_second / 1e9,
+                "pct_matmul": 100 * m.fraction_of(peak.flops_per_second),
+                "loss": m.value,
+            }
+        )
+        _print_row(rows[-1], header=len(rows) == 1)
+
+    compare_losses(
+        None, batch_sizes=args.batch_sizes, dim=args.dim, variants=args.variants,
+        reference="reference" if "reference" in args.variants else None, chunk_size=args.chunk_size,
+        devices=args.devices, pallas=False, repeats=args.repeats, peak=peak, progress=record,
+    )
 
     _print_ratios(rows)
     result = {
