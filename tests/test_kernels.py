@@ -83,7 +83,7 @@ def unit(key, shape, dtype=jnp.float32):
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-@pytest.mark.parametrize("batch, dim, sizes", [(37, 16, LossBlockSizes(16, 8)),
+@pytest.mark.parametrize("batch, dim, sizes", [(37, 16, LossBlockSizes(32, 16)),
                                                (8, 4, None), (70, 32, LossBlockSizes(32, 64))])
 def test_fused_sigmoid_loss_matches_reference(batch, dim, sizes, dtype):
     k1, k2 = jax.random.split(jax.random.key(batch))
@@ -103,7 +103,7 @@ def test_pallas_block_matches_jnp_block(diag_offset):
     zi, zt = unit(jax.random.key(0), (12, 8)), unit(jax.random.key(1), (20, 8))
     s, b = jnp.float32(7.0), jnp.float32(-3.0)
     got = sigmoid_block_pallas(zi, zt, s, b, diag_offset, True,
-                               block_sizes=LossBlockSizes(8, 8), interpret=True)
+                               block_sizes=LossBlockSizes(16, 16), interpret=True)
     want = sigmoid_block(zi, zt, s, b, diag_offset, True)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=1e-6)

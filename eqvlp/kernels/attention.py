@@ -6,10 +6,11 @@ softmax (running max `m`, normaliser `l`, accumulator), so the `T x S` score mat
 written to memory. The forward pass also stores the row log-sum-exp; the backward pass
 (`jax.custom_vjp`) recomputes each score tile from it: one kernel accumulates `dq` per query
 block, another `dk` and `dv` per key block. Any sequence length works: inputs are padded to the
-block sizes and padded keys masked.
+block sizes and padded keys masked; head dims are zero-padded to a power of two.
 
-Backends: on CPU the kernels run with `interpret=True` (for tests); on GPU they compile through
-Pallas' generic (Triton-lowered) path. See docs/kernels.md for the choice of backend.
+Lowering (`eqvlp.kernels.lowering`): the interpreter on CPU (tests), Triton on GPU with
+`num_warps`/`num_stages` from the blocks, which default to the largest that fit an H100's
+shared memory. See docs/kernels.md.
 """
 
 import dataclasses
@@ -22,15 +23,36 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jaxtyping import Array, Bool, Float
 
+from eqvlp.kernels import lowering
+
 NEG_INF = -1e30  # finite: a fully masked row gives uniform weights instead of NaN
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tile sizes along the query and key sequence (powers of two; clipped to the sequence)."""
+    """Tile sizes along the query and key sequence (powers of two >= 16; clipped to sequences)."""
 
     block_q: int = 128
     block_k: int = 128
+
+    def __post_init__(self):
+        lowering.check_block("AttentionBlockSizes", "block_q", self.block_q)
+        lowering.check_block("AttentionBlockSizes", "block_k", self.block_k)
+
+
+def gpu_shared_memory_bytes(block_q: int, block_k: int, head_dim: int, itemsize: int,
+                            stages: int = lowering.NUM_STAGES) -> int:
+    """Shared memory of the hungriest of the three kernels (the two backward ones), per program.
+
+    Every `dot` operand is counted as staged in shared memory: tiles loaded once count once,
+    tiles streamed by the pipelined loop `stages` times, and the score tiles cast for the second
+    `dot` once each (`head_dim` as padded, `itemsize` of q/k/v). docs/kernels.md has the sums.
+    """
+    d, e = lowering.padded_dim(head_dim), itemsize
+    dq = e * (2 * block_q * d + stages * 2 * block_k * d + block_q * block_k) + stages * 4 * block_k
+    dkv = (e * (2 * block_k * d + stages * 2 * block_q * d + 2 * block_q * block_k)
+           + stages * 2 * 4 * block_q)
+    return max(dq, dkv)
 
 
 def attention_reference(
@@ -168,54 +190,63 @@ def _specs(bq, bk, t, s, d):
     return q_block, q_full, kv_block, kv_full, row_block, row_full, valid_full, valid_block
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def _flash(q, k, v, valid, causal, bq, bk, interpret):
-    return _flash_fwd(q, k, v, valid, causal, bq, bk, interpret)[0]
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """Everything static about one call: tiles, softmax scale, mask kind, lowering."""
+
+    bq: int
+    bk: int
+    scale: float
+    causal: bool
+    interpret: bool | None
+    warps: int
+
+    def call(self, kernel, name, **kwargs):
+        common = dict(scale=self.scale, causal=self.causal, bq=self.bq, bk=self.bk)
+        return lowering.pallas_call(functools.partial(kernel, **common), interpret=self.interpret,
+                                    warps=self.warps, name=name, **kwargs)
 
 
-def _flash_fwd(q, k, v, valid, causal, bq, bk, interpret):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(q, k, v, valid, plan):
+    return _flash_fwd(q, k, v, valid, plan)[0]
+
+
+def _flash_fwd(q, k, v, valid, plan):
     b, h, t, d = q.shape
     s = k.shape[2]
-    q_block, _, _, kv_full, row_block, _, valid_full, _ = _specs(bq, bk, t, s, d)
-    kernel = functools.partial(_fwd_kernel, scale=d**-0.5, causal=causal, bq=bq, bk=bk)
-    out, lse = pl.pallas_call(
-        kernel,
-        grid=(b, h, t // bq),
+    q_block, _, _, kv_full, row_block, _, valid_full, _ = _specs(plan.bq, plan.bk, t, s, d)
+    out, lse = plan.call(
+        _fwd_kernel, "eqvlp_flash_attention_fwd",
+        grid=(b, h, t // plan.bq),
         in_specs=[q_block, kv_full, kv_full, valid_full],
         out_specs=[q_block, row_block],
         out_shape=[jax.ShapeDtypeStruct(q.shape, q.dtype),
                    jax.ShapeDtypeStruct((b, h, t), jnp.float32)],
-        interpret=interpret,
-        name="eqvlp_flash_attention_fwd",
     )(q, k, v, valid)
     return out, (q, k, v, valid, out, lse)
 
 
-def _flash_bwd(causal, bq, bk, interpret, residuals, do):
+def _flash_bwd(plan, residuals, do):
     q, k, v, valid, out, lse = residuals
     b, h, t, d = q.shape
     s = k.shape[2]
     delta = jnp.sum(out.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
     q_block, q_full, kv_block, kv_full, row_block, row_full, valid_full, valid_block = _specs(
-        bq, bk, t, s, d)
-    common = dict(scale=d**-0.5, causal=causal, bq=bq, bk=bk)
-    dq = pl.pallas_call(
-        functools.partial(_dq_kernel, **common),
-        grid=(b, h, t // bq),
+        plan.bq, plan.bk, t, s, d)
+    dq = plan.call(
+        _dq_kernel, "eqvlp_flash_attention_dq",
+        grid=(b, h, t // plan.bq),
         in_specs=[q_block, kv_full, kv_full, valid_full, q_block, row_block, row_block],
         out_specs=q_block,
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
-        interpret=interpret,
-        name="eqvlp_flash_attention_dq",
     )(q, k, v, valid, do, lse, delta)
-    dk, dv = pl.pallas_call(
-        functools.partial(_dkv_kernel, **common),
-        grid=(b, h, s // bk),
+    dk, dv = plan.call(
+        _dkv_kernel, "eqvlp_flash_attention_dkv",
+        grid=(b, h, s // plan.bk),
         in_specs=[q_full, kv_block, kv_block, valid_block, q_full, row_full, row_full],
         out_specs=[kv_block, kv_block],
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
-        interpret=interpret,
-        name="eqvlp_flash_attention_dkv",
     )(q, k, v, valid, do, lse, delta)
     return dq, dk, dv, None
 
@@ -225,7 +256,21 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 def _block(requested: int, length: int) -> int:
     """A power-of-two block no larger than needed for `length` (at least 16)."""
-    return max(16, min(requested, pl.next_power_of_2(length)))
+    return max(lowering.MIN_BLOCK, min(requested, pl.next_power_of_2(length)))
+
+
+def block_sizes_for(
+    q_seq: int, kv_seq: int, head_dim: int, dtype, block_sizes: BlockSizes | None = None
+) -> BlockSizes:
+    """The blocks `flash_attention` uses: clipped to the sequences and, when not given, halved
+    from 128 x 128 until the kernels fit an H100's shared memory."""
+    itemsize = jnp.dtype(dtype).itemsize
+    sizes = block_sizes or BlockSizes()
+    bq, bk = _block(sizes.block_q, q_seq), _block(sizes.block_k, kv_seq)
+    if block_sizes is None:
+        bq, bk = lowering.shrink_to_fit(
+            lambda a, b: gpu_shared_memory_bytes(a, b, head_dim, itemsize), bq, bk)
+    return BlockSizes(bq, bk)
 
 
 def flash_attention(
@@ -245,8 +290,9 @@ def flash_attention(
     - `q`, `k`, `v`: `(batch, seq, heads, head_dim)`, float32 or bfloat16.
     - `causal`: query `i` attends to keys `j <= i` (needs `q_seq == kv_seq`).
     - `mask`: `(batch, kv_seq)` key padding mask, `True` = attend.
-    - `block_sizes`: query/key tile sizes (see docs/kernels.md for picking them).
-    - `interpret`: run the kernel in the Pallas interpreter; `None` = on CPU only.
+    - `block_sizes`: query/key tile sizes; `None` picks them (`block_sizes_for`).
+    - `interpret`: `True` the Pallas interpreter, `False` Triton (GPU); `None` chooses when
+      lowering: the interpreter on CPU, Triton on GPU (`eqvlp.kernels.lowering`).
     """
     if q.ndim != 4 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
         raise ValueError(
@@ -256,22 +302,26 @@ def flash_attention(
         )
     if causal and q.shape[1] != k.shape[1]:
         raise ValueError(f"causal attention needs q_seq == kv_seq, got {q.shape[1]} and {k.shape[1]}")
-    if interpret is None:
-        interpret = jax.default_backend() == "cpu"
-    sizes = block_sizes or BlockSizes()
-    t, s = q.shape[1], k.shape[1]
-    bq, bk = _block(sizes.block_q, t), _block(sizes.block_k, s)
+    t, s, d = q.shape[1], k.shape[1], q.shape[3]
+    sizes = block_sizes_for(t, s, d, q.dtype, block_sizes)
+    bq, bk, dp = sizes.block_q, sizes.block_k, lowering.padded_dim(d)
+    lowering.warn_if_over_budget(
+        f"flash_attention with blocks {bq} x {bk} and head_dim {d} ({q.dtype})",
+        gpu_shared_memory_bytes(bq, bk, d, q.dtype.itemsize), interpret,
+        "pass smaller block_sizes, or block_sizes=None to have them picked")
     tp, sp = math.ceil(t / bq) * bq, math.ceil(s / bk) * bk
     valid = jnp.ones((q.shape[0], s), jnp.int32) if mask is None else mask.astype(jnp.int32)
     valid = jnp.pad(valid, ((0, 0), (0, sp - s)), constant_values=-1)  # -1 marks padding
-    to_heads = lambda x, n: jnp.pad(x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0))).transpose(  # noqa: E731
-        0, 2, 1, 3)
-    out = _flash(to_heads(q, tp), to_heads(k, sp), to_heads(v, sp), valid, causal, bq, bk,
-                 interpret)
-    return out.transpose(0, 2, 1, 3)[:, :t]
+    to_heads = lambda x, n: jnp.pad(  # noqa: E731
+        x, ((0, 0), (0, n - x.shape[1]), (0, 0), (0, dp - d))).transpose(0, 2, 1, 3)
+    plan = _Plan(bq, bk, d**-0.5, causal, interpret,
+                 lowering.num_warps(max(bq * bk, bq * dp, bk * dp)))
+    out = _flash(to_heads(q, tp), to_heads(k, sp), to_heads(v, sp), valid, plan)
+    return out.transpose(0, 2, 1, 3)[:, :t, :, :d]
 
 
 IMPLEMENTATIONS = ("xla", "cudnn", "pallas")
+_HALF = (jnp.bfloat16, jnp.float16)
 _warned: set[str] = set()
 
 
@@ -279,6 +329,44 @@ def _warn_once(message: str) -> None:
     if message not in _warned:
         _warned.add(message)
         warnings.warn(message, stacklevel=3)
+
+
+def _cudnn_fits(q: Array, mask: Array | None) -> bool:
+    """Where `impl=None` trusts cuDNN on a GPU: half precision, no key mask, and a head_dim that
+    every GPU's cuDNN flash attention takes (a multiple of 8, at most 128)."""
+    d = q.shape[-1]
+    return q.dtype in _HALF and mask is None and d % 8 == 0 and d <= 128
+
+
+def _cudnn_attention(q, k, v, causal, mask):
+    """`jax.nn.dot_product_attention(implementation="cudnn")` for any sequence length, under vmap.
+
+    cuDNN's training kernels reject odd sequence lengths (ViT's 197 tokens, CLIP's 77), so an
+    odd length is padded by one and the padding masked with sequence lengths; a key mask becomes
+    a `(batch, heads, q_seq, kv_seq)` bias. JAX's batching rule for cuDNN attention needs every
+    operand batched alike, and the models call this per example under `jax.vmap` (MAP pooling's
+    query is a parameter, not batched), so all operands are tied to one batched zero.
+    """
+    b, t, h, _ = q.shape
+    s = k.shape[1]
+    tp, sp = t + t % 2, s + s % 2
+    zero = sum(jax.lax.stop_gradient(x[:, :1, :1, :1]).astype(jnp.int32) * 0  # NaN -> 0 too
+               for x in (q, k, v))
+    if mask is not None:
+        zero = zero + mask[:, :1, None, None].astype(jnp.int32) * 0
+    pad = lambda x, n: jnp.pad(x + zero.astype(x.dtype),  # noqa: E731
+                               ((0, 0), (0, n - x.shape[1]), (0, 0), (0, 0)))
+    lengths = {}
+    if (tp, sp) != (t, s):
+        lengths = dict(query_seq_lengths=zero[:, 0, 0, 0] + t,
+                       key_value_seq_lengths=zero[:, 0, 0, 0] + s)
+    full = None
+    if mask is not None:
+        full = jnp.broadcast_to(jnp.pad(mask, ((0, 0), (0, sp - s)))[:, None, None, :],
+                                (b, h, tp, sp))
+    out = jax.nn.dot_product_attention(pad(q, tp), pad(k, sp), pad(v, sp), mask=full,
+                                       is_causal=causal, implementation="cudnn", **lengths)
+    return out[:, :t]
 
 
 def attention(
@@ -293,27 +381,23 @@ def attention(
 ) -> Float[Array, "batch q_seq heads head_dim"]:
     """Attention with a chosen implementation; the models' attention layer calls this.
 
-    `impl=None` picks the best available: on GPU cuDNN (bf16/fp16), else the Pallas kernel;
-    on CPU the XLA reference. A requested implementation that cannot run here falls back to
-    XLA with a one-time warning.
+    `impl=None` stays on paths validated on the hardware: on GPU cuDNN for bf16/fp16 (no key
+    mask, head_dim a multiple of 8 up to 128), XLA otherwise; on CPU XLA. The Pallas kernel runs
+    only when asked for (`impl="pallas"`) until it has been run on a GPU. A requested
+    implementation that cannot run here falls back to XLA with a one-time warning.
     """
     if impl is not None and impl not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention impl {impl!r}: use None or one of {IMPLEMENTATIONS}")
     backend = jax.default_backend()
     if impl is None:
-        if backend == "gpu":
-            impl = "cudnn" if q.dtype in (jnp.bfloat16, jnp.float16) else "pallas"
-        else:
-            impl = "xla"
+        impl = "cudnn" if backend == "gpu" and _cudnn_fits(q, mask) else "xla"
     if impl == "cudnn":
-        if backend != "gpu" or q.dtype not in (jnp.bfloat16, jnp.float16):
+        if backend != "gpu" or q.dtype not in _HALF:
             _warn_once(f"cuDNN attention needs a GPU and bf16/fp16 (have {backend}, {q.dtype}); "
                        "using the XLA implementation")
             impl = "xla"
         else:
-            full = None if mask is None else mask[:, None, None, :]
-            return jax.nn.dot_product_attention(q, k, v, mask=full, is_causal=causal,
-                                                implementation="cudnn")
+            return _cudnn_attention(q, k, v, causal, mask)
     if impl == "pallas":
         return flash_attention(q, k, v, causal=causal, mask=mask, block_sizes=block_sizes)
     return attention_reference(q, k, v, causal=causal, mask=mask)

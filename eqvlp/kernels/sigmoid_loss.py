@@ -13,6 +13,10 @@ The logits `L = scale * zimg @ ztxt.T + bias` are computed tile by tile (`block_
 `sigmoid_block_pallas` exposes the same per-block contract as `eqvlp.losses.chunked.sigmoid_block`
 (loss sum and raw gradient pieces, positives on a diagonal or none), so the distributed ring in
 `eqvlp.losses` can use it for every block (`distributed_sigmoid_loss(..., impl="pallas")`).
+
+Lowering (`eqvlp.kernels.lowering`): the interpreter on CPU (tests), Triton on GPU. The embedding
+width is zero-padded to a power of two (logits unchanged); blocks default to the largest that
+fit an H100's shared memory for that width.
 """
 
 import dataclasses
@@ -24,15 +28,44 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jaxtyping import Array, ArrayLike, Float, Real
 
+from eqvlp.kernels import lowering
 from eqvlp.losses.chunked import BlockTerms
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-    """Tile sizes: image rows per program and text rows per inner step."""
+    """Tile sizes: image rows per program and text rows per inner step (powers of two >= 16)."""
 
     block_i: int = 128
     block_j: int = 128
+
+    def __post_init__(self):
+        lowering.check_block("LossBlockSizes", "block_i", self.block_i)
+        lowering.check_block("LossBlockSizes", "block_j", self.block_j)
+
+
+def gpu_shared_memory_bytes(block_i: int, block_j: int, dim: int,
+                            stages: int = lowering.NUM_STAGES) -> int:
+    """Shared memory of the hungrier backward kernel, per program (float32 tiles, `dim` as padded).
+
+    Counted as for attention: the resident tile once, the streamed tile `stages` times, the
+    `G` tile once (docs/kernels.md).
+    """
+    d = lowering.padded_dim(dim)
+    dzimg = 4 * (block_i * d + stages * block_j * d + block_i * block_j)
+    dztxt = 4 * (block_j * d + stages * block_i * d + block_i * block_j)
+    return max(dzimg, dztxt)
+
+
+def block_sizes_for(rows: int, cols: int, dim: int,
+                    block_sizes: BlockSizes | None = None) -> BlockSizes:
+    """The blocks the kernels use: clipped to the batch and, when not given, halved from
+    128 x 128 until they fit an H100's shared memory (32 x 32 at dim 512)."""
+    sizes = block_sizes or BlockSizes()
+    bi, bj = _block(sizes.block_i, rows), _block(sizes.block_j, cols)
+    if block_sizes is None:
+        bi, bj = lowering.shrink_to_fit(lambda a, b: gpu_shared_memory_bytes(a, b, dim), bi, bj)
+    return BlockSizes(bi, bj)
 
 
 def sigmoid_loss_reference(
@@ -126,7 +159,7 @@ def _dztxt_kernel(zi_ref, zt_ref, sb_ref, dzt_ref, *, bi, bj, n_rows, n_cols, di
 
 
 def _block(requested: int, length: int) -> int:
-    return max(8, min(requested, pl.next_power_of_2(length)))
+    return max(lowering.MIN_BLOCK, min(requested, pl.next_power_of_2(length)))
 
 
 def sigmoid_block_pallas(
@@ -140,54 +173,60 @@ def sigmoid_block_pallas(
     block_sizes: BlockSizes | None = None,
     interpret: bool | None = None,
 ) -> BlockTerms:
-    """`eqvlp.losses.chunked.sigmoid_block` computed by the Pallas kernels (static offset)."""
-    if interpret is None:
-        interpret = jax.default_backend() == "cpu"
-    sizes = block_sizes or BlockSizes()
+    """`eqvlp.losses.chunked.sigmoid_block` computed by the Pallas kernels (static offset).
+
+    `interpret=None` chooses when lowering: the interpreter on CPU, Triton on GPU.
+    """
     (n_rows, dim), n_cols = zimg.shape, ztxt.shape[0]
-    bi, bj = _block(sizes.block_i, n_rows), _block(sizes.block_j, n_cols)
+    sizes = block_sizes_for(n_rows, n_cols, dim, block_sizes)
+    bi, bj, dp = sizes.block_i, sizes.block_j, lowering.padded_dim(dim)
+    lowering.warn_if_over_budget(
+        f"the fused sigmoid loss with blocks {bi} x {bj} and dim {dim}",
+        gpu_shared_memory_bytes(bi, bj, dim), interpret,
+        "pass smaller block_sizes, or block_sizes=None to have them picked")
     rp, cp = math.ceil(n_rows / bi) * bi, math.ceil(n_cols / bj) * bj
-    zi = jnp.pad(zimg.astype(jnp.float32), ((0, rp - n_rows), (0, 0)))
-    zt = jnp.pad(ztxt.astype(jnp.float32), ((0, cp - n_cols), (0, 0)))
+    zi = jnp.pad(zimg.astype(jnp.float32), ((0, rp - n_rows), (0, dp - dim)))
+    zt = jnp.pad(ztxt.astype(jnp.float32), ((0, cp - n_cols), (0, dp - dim)))
     sb = jnp.stack([jnp.asarray(scale, jnp.float32), jnp.asarray(bias, jnp.float32)])
     static = dict(bi=bi, bj=bj, n_rows=n_rows, n_cols=n_cols, diag_offset=diag_offset)
-    rows_block = pl.BlockSpec((bi, dim), lambda i: (i, 0))
-    cols_block = pl.BlockSpec((bj, dim), lambda j: (j, 0))
-    rows_full = pl.BlockSpec((rp, dim), lambda _: (0, 0))
-    cols_full = pl.BlockSpec((cp, dim), lambda _: (0, 0))
+    launch = dict(interpret=interpret, warps=lowering.num_warps(max(bi, bj) * dp))
+    rows_block = pl.BlockSpec((bi, dp), lambda i: (i, 0))
+    cols_block = pl.BlockSpec((bj, dp), lambda j: (j, 0))
+    rows_full = pl.BlockSpec((rp, dp), lambda _: (0, 0))
+    cols_full = pl.BlockSpec((cp, dp), lambda _: (0, 0))
     scalars = pl.BlockSpec((2,), lambda _: (0,))
-    row_losses = pl.pallas_call(
+    row_losses = lowering.pallas_call(
         functools.partial(_loss_kernel, **static),
         grid=(rp // bi,),
         in_specs=[rows_block, cols_full, scalars],
         out_specs=pl.BlockSpec((bi,), lambda i: (i,)),
         out_shape=jax.ShapeDtypeStruct((rp,), jnp.float32),
-        interpret=interpret,
         name="eqvlp_sigmoid_loss_fwd",
+        **launch,
     )(zi, zt, sb)
     loss = jnp.sum(row_losses)
     if not with_grads:
         return BlockTerms(loss, None, None, None)
-    dzi, gsum = pl.pallas_call(
+    dzi, gsum = lowering.pallas_call(
         functools.partial(_dzimg_kernel, **static),
         grid=(rp // bi,),
         in_specs=[rows_block, cols_full, scalars],
         out_specs=[rows_block, pl.BlockSpec((bi,), lambda i: (i,))],
-        out_shape=[jax.ShapeDtypeStruct((rp, dim), jnp.float32),
+        out_shape=[jax.ShapeDtypeStruct((rp, dp), jnp.float32),
                    jax.ShapeDtypeStruct((rp,), jnp.float32)],
-        interpret=interpret,
         name="eqvlp_sigmoid_loss_dzimg",
+        **launch,
     )(zi, zt, sb)
-    dzt = pl.pallas_call(
+    dzt = lowering.pallas_call(
         functools.partial(_dztxt_kernel, **static),
         grid=(cp // bj,),
         in_specs=[rows_full, cols_block, scalars],
         out_specs=cols_block,
-        out_shape=jax.ShapeDtypeStruct((cp, dim), jnp.float32),
-        interpret=interpret,
+        out_shape=jax.ShapeDtypeStruct((cp, dp), jnp.float32),
         name="eqvlp_sigmoid_loss_dztxt",
+        **launch,
     )(zi, zt, sb)
-    return BlockTerms(loss, dzi[:n_rows], dzt[:n_cols], jnp.sum(gsum))
+    return BlockTerms(loss, dzi[:n_rows, :dim], dzt[:n_cols, :dim], jnp.sum(gsum))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -230,8 +269,8 @@ def fused_sigmoid_loss(
     """The sigmoid loss of `eqvlp.losses.sigmoid_loss` with logits kept in on-chip tiles.
 
     Equal to `sigmoid_loss_reference` in value and in gradients for all four arguments; any
-    batch size (padded internally to the block sizes). `interpret=None` runs the Pallas
-    interpreter on CPU and compiles on GPU.
+    batch size (padded internally to the block sizes). `interpret=None` chooses when lowering:
+    the Pallas interpreter on CPU, Triton on GPU (`eqvlp.kernels.lowering`).
     """
     if zimg.ndim != 2 or zimg.shape != ztxt.shape:
         raise ValueError(
