@@ -34,12 +34,7 @@ from eqvlp.benchmarking import (
     summed,
     sweep,
 )
-from eqvlp.kernels import (
-    AttentionBlockSizes,
-    LossBlockSizes,
-    flash_attention,
-    fused_sigmoid_loss,
-)
+from eqvlp.kernels import flash_attention, fused_sigmoid_loss
 from eqvlp.losses import chunked_sigmoid_loss
 
 
@@ -57,7 +52,7 @@ def _row(m, kernel: str, size: str) -> dict:
 
 def attention_rows(seqs, dtype, batch, heads, head_dim, causal, repeats, impls):
     candidates = {
-        "pallas": functools.partial(flash_attention, causal=causal, block_sizes=AttentionBlockSizes(128, 128)),
+        "pallas": functools.partial(flash_attention, causal=causal, block_sizes=None),  # sized to fit shared memory,
         "xla": functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="xla"),
         "cudnn": functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn"),
     }
@@ -75,7 +70,7 @@ def loss_rows(batches, dim, repeats, chunk):
     rows = []
     for b in batches:
         candidates = {
-            "pallas": functools.partial(fused_sigmoid_loss, block_sizes=LossBlockSizes(128, 128)),
+            "pallas": functools.partial(fused_sigmoid_loss, block_sizes=None),
             "jnp-chunked": functools.partial(chunked_sigmoid_loss, chunk_size=min(chunk, b)),
         }
         # forward 2B^2D + backward (recompute + two products) 6B^2D
