@@ -52,7 +52,7 @@ def _row(m, kernel: str, size: str) -> dict:
 
 def attention_rows(seqs, dtype, batch, heads, head_dim, causal, repeats, impls):
     candidates = {
-        "pallas": functools.partial(flash_attention, causal=causal, block_sizes=None),  # sized to fit shared memory,
+        "pallas": functools.partial(flash_attention, causal=causal, block_sizes=None),  # blocks sized to fit shared memory
         "xla": functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="xla"),
         "cudnn": functools.partial(jax.nn.dot_product_attention, is_causal=causal, implementation="cudnn"),
     }
