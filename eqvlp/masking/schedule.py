@@ -14,7 +14,7 @@ from eqvlp.masking.text import TextMask
 from eqvlp.nn.patch_embedding import as_pair
 
 if TYPE_CHECKING:  # models import masking: only the type checker may import models here
-    from eqvlp.models.clip import CLIP
+    from eqvlp.models.contrastive import ContrastiveModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,7 +69,7 @@ class TokenReductionSchedule:
         ))
 
 
-def enter_phase(model: "CLIP", phase: Phase) -> "CLIP":
+def enter_phase(model: "ContrastiveModel", phase: Phase) -> "ContrastiveModel":
     """The model resized for the phase's image size (no-op when it already matches)."""
     from eqvlp.models.resize import resize  # models import masking: resolve at call time
 

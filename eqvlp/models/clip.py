@@ -7,11 +7,11 @@ transformers' `get_image_features` / `get_text_features`; losses normalise them.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, Key, PRNGKeyArray
 
 from eqvlp.masking.image import ImageMask
 from eqvlp.models.config import CLIPConfig
-from eqvlp.models.contrastive import ContrastiveModel, check_images
+from eqvlp.models.contrastive import ContrastiveModel, apply_vit, check_images
 from eqvlp.models.text import TextTransformer
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
@@ -44,28 +44,18 @@ class CLIP(ContrastiveModel):
         images: Float[Array, "batch height width 3"],
         *,
         mask: ImageMask | None = None,
-        key: PRNGKeyArray | None = None,
+        key: PRNGKeyArray | Key[Array, " batch"] | None = None,
     ) -> Float[Array, "batch embed"]:
         """Projected image embeddings (float32) of a batch of float images.
 
         With `mask` (CLIPA token reduction), each image keeps a random subset of its patch
-        tokens after position embeddings; `key` is split into one key per image.
+        tokens after position embeddings; `key` is one key (split into one per image) or one
+        key per image.
         """
         check_images(images, self.config.vision.image_shape, "encode_image")
         tower = cast_floating(self.image, self.config.dtype)
         images = constrain_batch(images.astype(self.config.dtype))
-        if mask is None:
-            return constrain_batch(jax.vmap(tower)(images).astype(jnp.float32))
-        if key is None:
-            raise ValueError("encode_image with a mask needs key=: the mask is random per image")
-        vision = self.config.vision
-
-        def reduced(image, k):
-            tokens = mask(tower.embed(image), k, grid=vision.grid, num_prefix=vision.num_prefix)
-            return tower.encode_tokens(tokens)
-
-        keys = jax.random.split(key, images.shape[0])
-        return constrain_batch(jax.vmap(reduced)(images, keys).astype(jnp.float32))
+        return constrain_batch(apply_vit(tower, images, mask=mask, key=key).astype(jnp.float32))
 
     def encode_text(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch embed"]:
         """Projected text embeddings (float32) of a batch of token id sequences."""

@@ -13,10 +13,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Float, PRNGKeyArray, Shaped, UInt8
+from jaxtyping import Array, Float, Key, PRNGKeyArray, Shaped, UInt8
 
 from eqvlp.models.config import ViTConfig
-from eqvlp.models.contrastive import ContrastiveModel, check_images
+from eqvlp.masking.image import ImageMask
+from eqvlp.models.contrastive import ContrastiveModel, apply_vit, check_images
 from eqvlp.models.settings import ContrastiveSettings
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
@@ -96,17 +97,35 @@ class CLIPPO(ContrastiveModel):
                            **dataclasses.asdict(self.config.render))
 
     def encode_image(
-        self, images: Float[Array, "batch height width 3"]
+        self,
+        images: Float[Array, "batch height width 3"],
+        *,
+        mask: ImageMask | None = None,
+        key: PRNGKeyArray | Key[Array, " batch"] | None = None,
     ) -> Float[Array, "batch embed"]:
-        """Projected embeddings (float32) of a batch of float images."""
+        """Projected embeddings (float32) of a batch of float images.
+
+        With `mask` (CLIPA token reduction) each image keeps a random subset of its patches;
+        `key` is one key (split per image) or one key per image.
+        """
         check_images(images, self.config.vision.image_shape, "encode_image")
         tower = cast_floating(self.vit, self.config.dtype)
-        return jax.vmap(tower)(images.astype(self.config.dtype)).astype(jnp.float32)
+        images = images.astype(self.config.dtype)
+        return apply_vit(tower, images, mask=mask, key=key).astype(jnp.float32)
 
-    def encode_text(self, texts: TextInput) -> Float[Array, "batch embed"]:
-        """Projected embeddings (float32) of strings or rendered text images."""
+    def encode_text(
+        self,
+        texts: TextInput,
+        *,
+        mask: ImageMask | None = None,
+        key: PRNGKeyArray | Key[Array, " batch"] | None = None,
+    ) -> Float[Array, "batch embed"]:
+        """Projected embeddings (float32) of strings or rendered text images.
+
+        Rendered text is an image: `mask` and `key` reduce its patches as in `encode_image`.
+        """
         if isinstance(texts, str):
             raise TypeError("encode_text expects a batch: pass [text], not a single string")
         if not isinstance(texts, (jax.Array, np.ndarray)):
             texts = self.render(list(texts))
-        return self.encode_image(rendered_to_float(jnp.asarray(texts)))
+        return self.encode_image(rendered_to_float(jnp.asarray(texts)), mask=mask, key=key)

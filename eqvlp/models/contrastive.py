@@ -7,10 +7,13 @@
 import abc
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Shaped
+from jaxtyping import Array, Float, Key, PRNGKeyArray, Shaped
 
 from eqvlp.losses.validation import normalize
+from eqvlp.masking.image import ImageMask
+from eqvlp.models.vit import ViT
 
 
 def check_images(images: Shaped[Array, "..."], expected: tuple[int, int, int], fn: str) -> None:
@@ -26,6 +29,46 @@ def check_images(images: Shaped[Array, "..."], expected: tuple[int, int, int], f
             f"{fn} expects float images, got {images.dtype}: convert them, "
             "e.g. images.astype(jnp.float32) / 127.5 - 1"
         )
+
+
+def per_image_keys(
+    key: PRNGKeyArray | Key[Array, " batch"], batch: int
+) -> Key[Array, " batch"]:
+    """One key per image: a batch of keys as given, or one key split `batch` ways."""
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        raise TypeError(f"expected typed PRNG keys (jax.random.key), got {key.dtype} {key.shape}: "
+                        "wrap raw uint32 keys with jax.random.wrap_key_data")
+    if key.ndim == 0:
+        return jax.random.split(key, batch)
+    if key.shape != (batch,):
+        raise ValueError(f"got {key.shape[0] if key.ndim else 1} keys for {batch} images: pass one "
+                         "key (split per image) or exactly one key per image")
+    return key
+
+
+def apply_vit(
+    tower: ViT,
+    images: Float[Array, "batch height width 3"],
+    *,
+    mask: ImageMask | None = None,
+    key: PRNGKeyArray | Key[Array, " batch"] | None = None,
+) -> Float[Array, "batch out_dim"]:
+    """`vmap(tower)(images)`; with `mask` (CLIPA token reduction) each image keeps a random
+    subset of its patch tokens after position embeddings.
+
+    `key` is one key (split into one per image) or one key per image, `(batch,)`: per-image
+    keys make the masks independent of how the batch is split (exact gradient accumulation).
+    """
+    if mask is None:
+        return jax.vmap(tower)(images)
+    if key is None:
+        raise ValueError("a masked encoding needs key=: the mask is random per image")
+    grid, prefix = tower.config.grid, tower.config.num_prefix
+
+    def reduced(image, k):
+        return tower.encode_tokens(mask(tower.embed(image), k, grid=grid, num_prefix=prefix))
+
+    return jax.vmap(reduced)(images, per_image_keys(key, images.shape[0]))
 
 
 class ContrastiveModel(eqx.Module):

@@ -11,10 +11,11 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Float, Int, Key, PRNGKeyArray
 
 from eqvlp.models.config import ViTConfig
-from eqvlp.models.contrastive import ContrastiveModel, check_images
+from eqvlp.masking.image import ImageMask
+from eqvlp.models.contrastive import ContrastiveModel, apply_vit, check_images
 from eqvlp.models.settings import ContrastiveSettings
 from eqvlp.models.vit import ViT
 from eqvlp.nn import LearnedPositionEmbedding
@@ -83,12 +84,18 @@ class OneTowerCLIP(ContrastiveModel):
         return x
 
     def encode_image(
-        self, images: Float[Array, "batch height width 3"]
+        self,
+        images: Float[Array, "batch height width 3"],
+        *,
+        mask: ImageMask | None = None,
+        key: PRNGKeyArray | Key[Array, " batch"] | None = None,
     ) -> Float[Array, "batch embed"]:
-        """Projected embeddings (float32) of a batch of float images."""
+        """Projected embeddings (float32) of a batch of float images; `mask` and `key` reduce
+        the patch tokens (CLIPA) as in `CLIP.encode_image`."""
         check_images(images, self.config.vision.image_shape, "encode_image")
         tower = cast_floating(self.vit, self.config.dtype)
-        return jax.vmap(tower)(images.astype(self.config.dtype)).astype(jnp.float32)
+        images = images.astype(self.config.dtype)
+        return apply_vit(tower, images, mask=mask, key=key).astype(jnp.float32)
 
     def encode_text(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch embed"]:
         """Projected embeddings (float32) of a batch of token id sequences."""
