@@ -1,7 +1,8 @@
 """The input side of training and evaluation: sources, preprocessing, the grain pipeline.
 
-- `Shapes`, `ShapesConfig`, `zeroshot_task`, `label`, `captions_corpus`, `HELD_OUT`, `SHAPES`,
-  `COLOURS`, `SIZES`, `POSITIONS`: the embedded captioned-shapes dataset (no download).
+- `Shapes`, `ShapesConfig`, `zeroshot_task`, `label`, `captions_corpus`, `caption_pairs`,
+  `HELD_OUT`, `SHAPES`, `COLOURS`, `SIZES`, `POSITIONS`: the embedded captioned-shapes dataset
+  (no download).
 - `ShardSource`, `resolve_shards`, `write_shards`: image-text shards in the webdataset layout.
 - `DataConfig`, `Loader`, `global_batch`, `fit_tokenizer`, `SkipCounts`: the grain pipeline
   (shuffle, decode and augment in worker processes, skip and count bad samples, exact resume).
@@ -35,6 +36,7 @@ from eqvlp.data.shapes import (
     SIZES,
     Shapes,
     ShapesConfig,
+    caption_pairs,
     captions_corpus,
     label,
     zeroshot_task,
@@ -56,6 +58,7 @@ __all__ = [
     "POSITIONS",
     "SHAPES",
     "SIZES",
+    "caption_pairs",
     "captions_corpus",
     "label",
     "DataConfig",

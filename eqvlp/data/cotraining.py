@@ -89,7 +89,7 @@ def num_text_pairs(batch_size: int, fraction: float) -> int:
 
 def mix_text_pairs(
     images: Shaped[np.ndarray, "batch height width 3"],
-    captions: Sequence[str],
+    captions: Sequence[str] | UInt8[np.ndarray, "batch height width 3"],
     pairs: Sequence[tuple[str, str]],
     *,
     fraction: float,
@@ -104,7 +104,9 @@ def mix_text_pairs(
     - `images`: photos `(batch, H, W, 3)`, uint8 (rendered sentences are put in as uint8) or
       float in [-1, 1] (rendered sentences are mapped with `x / 127.5 - 1`, CLIPPO's
       `value_range(-1, 1)`).
-    - `captions`: one caption per photo.
+    - `captions`: one caption per photo, as strings (all rendered here) or already rendered
+      uint8 images (only the replaced rows are rendered, e.g. a batch of the data pipeline
+      with `text="render"`).
     - `pairs`: the pool of `(sentence, next sentence)` pairs, e.g. from `sentence_pairs`.
     - `fraction`: share of the batch made of text pairs (CLIPPO: 0.25 or 0.5), rounded to
       a whole number of rows.
@@ -128,10 +130,15 @@ def mix_text_pairs(
     is_pair = np.zeros(batch, bool)
     is_pair[rows] = True
     options = dict(image_size=(height, width), **dataclasses.asdict(render))
-    right = list(captions)
-    for row, (_, second) in zip(rows, drawn):
-        right[row] = second
-    texts = render_text(right, **options)
+    if isinstance(captions, np.ndarray):
+        texts = np.array(captions, copy=True)
+        if k:
+            texts[rows] = render_text([second for _, second in drawn], **options)
+    else:
+        right = list(captions)
+        for row, (_, second) in zip(rows, drawn):
+            right[row] = second
+        texts = render_text(right, **options)
     mixed = np.array(images, copy=True)
     if k:
         firsts = render_text([first for first, _ in drawn], **options)

@@ -525,3 +525,19 @@ def captions_corpus(num_samples: int = 10_000, *, config: ShapesConfig = ShapesC
         rng = _rng(config, "train", index)
         corpus.extend(describe(sample_scene(rng, "train", config), rng, config.num_captions))
     return corpus
+
+
+def caption_pairs(num_samples: int = 2_000, *, config: ShapesConfig = ShapesConfig()
+                  ) -> list[tuple[str, str]]:
+    """Two different true captions of each of the first `num_samples` "train" scenes.
+
+    CLIPPO's text-pair co-training needs pairs of related texts; the shapes dataset has no
+    documents, so two descriptions of the same image stand in for consecutive sentences. No
+    image is drawn.
+    """
+    pairs = []
+    for index in range(num_samples):
+        rng = _rng(config, "train", index)
+        first, second = describe(sample_scene(rng, "train", config), rng, 2)
+        pairs.append((first, second))
+    return pairs
