@@ -20,7 +20,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
-from jaxtyping import Array, Float, PyTree
+from jaxtyping import PyTree
 
 
 def _micro_batches(tree: PyTree, n: int) -> PyTree:
@@ -62,14 +62,32 @@ def _batch_size(batch: PyTree, micro_batches: int) -> int:
     return size
 
 
+def embed_in_micro_batches(
+    embed: Callable[[PyTree, PyTree], PyTree], model: PyTree, batch: PyTree, *, micro_batches: int
+) -> PyTree:
+    """`embed(model, batch)` computed `micro_batches` at a time (`lax.map`), without gradients.
+
+    GradCache's first pass, also what a frozen target network (BYOLIP's EMA model) needs: the
+    embeddings of a large batch holding the activations of one micro-batch at a time.
+    """
+    _batch_size(batch, micro_batches)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    frozen = eqx.combine(jax.lax.stop_gradient(params), static)
+    if micro_batches == 1:
+        return embed(frozen, batch)
+    chunks = _micro_batches(batch, micro_batches)
+    return _full_batch(jax.lax.map(lambda chunk: embed(frozen, chunk), chunks))
+
+
 def accumulated_value_and_grad(
     embed: Callable[[PyTree, PyTree], PyTree],
-    loss: Callable[[PyTree, PyTree], Float[Array, ""]],
+    loss: Callable[[PyTree, PyTree], Any],
     model: PyTree,
     batch: PyTree,
     *,
     micro_batches: int,
-) -> tuple[Float[Array, ""], PyTree]:
+    has_aux: bool = False,
+) -> tuple[Any, PyTree]:
     """`loss(model, embed(model, batch))` and its gradient, embedding `micro_batches` at a time.
 
     **Arguments:**
@@ -84,6 +102,8 @@ def accumulated_value_and_grad(
     - `batch`: a pytree of arrays sharing a leading axis `B` divisible by `micro_batches`.
       Micro-batch `j` holds examples `j, j + n, j + 2n, ...` (`n = micro_batches`).
     - `micro_batches`: how many pieces to embed; 1 is plain `eqx.filter_value_and_grad`.
+    - `has_aux`: `loss` returns `(scalar, aux)` (e.g. the terms of a sum, for logging); the
+      value returned is then `(scalar, aux)`, as with `jax.value_and_grad(has_aux=True)`.
 
     Randomness (CLIPA masks, dropout) must be the same in the no-gradient and the gradient
     forward pass: put keys in the batch, one per example (`jax.random.split(key, B)`), and
@@ -95,20 +115,20 @@ def accumulated_value_and_grad(
     """
     _batch_size(batch, micro_batches)
     if micro_batches == 1:
-        return eqx.filter_value_and_grad(lambda m: loss(m, embed(m, batch)))(model)
+        return eqx.filter_value_and_grad(lambda m: loss(m, embed(m, batch)), has_aux=has_aux)(model)
 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     chunks = _micro_batches(batch, micro_batches)
 
     # Pass 1: embeddings only, no activations kept for a backward pass.
-    frozen = eqx.combine(jax.lax.stop_gradient(params), static)
-    embeddings = _full_batch(jax.lax.map(lambda chunk: embed(frozen, chunk), chunks))
+    embeddings = embed_in_micro_batches(embed, model, batch, micro_batches=micro_batches)
 
     # Pass 2: the loss on the full batch, and its gradient w.r.t. the model and the embeddings.
-    def full_loss(p: PyTree, e: PyTree) -> Float[Array, ""]:
+    def full_loss(p: PyTree, e: PyTree) -> Any:
         return loss(eqx.combine(p, static), e)
 
-    value, (direct, cotangents) = jax.value_and_grad(full_loss, argnums=(0, 1))(params, embeddings)
+    value, (direct, cotangents) = jax.value_and_grad(full_loss, argnums=(0, 1), has_aux=has_aux)(
+        params, embeddings)
 
     # Pass 3: each micro-batch forward again, back-propagating its slice of d loss / d embeddings.
     def accumulate(total: PyTree, chunk_and_cotangent: tuple[Any, Any]) -> tuple[PyTree, None]:

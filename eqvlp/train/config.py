@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from eqvlp import models
-from eqvlp.data import DataConfig
+from eqvlp.data import DataConfig, TextAugment
 from eqvlp.models.presets import ModelConfig
 from eqvlp.train.optim import OptimConfig
+
+
+SSL_OBJECTIVES = ("siamlip", "byolip", "barlip", "swalip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,23 +31,55 @@ class LossConfig:
 
     - `name`: `auto` (the model's own: softmax for CLIP/CLIPPO presets, sigmoid for SigLIP),
       `softmax`, `sigmoid`, `chunked_sigmoid` (O(chunk x B) memory), `ring_sigmoid` (negatives
-      passed round the devices of the batch axes).
+      passed round the devices of the batch axes), or `rocket` (clip-rocket: a softmax CLIP term
+      on view 0 of each modality, local CLIP terms on the other views of `data.views` through a
+      local projector and temperature, plus the `ssl` term; heads in the train state).
     - `chunk_size`: rows per chunk of `chunked_sigmoid`.
-    - `label_smoothing`: of the softmax loss (CLIP-rocket uses 0.1 on its local terms).
+    - `label_smoothing`: of the softmax loss; with `rocket`, of its local terms only
+      (clip-rocket uses 0.1).
     - `cotraining`: CLIPPO text-pair co-training: this fraction of each batch becomes pairs of
-      consecutive caption sentences, both rendered (0 turns it off).
+      related texts, both rendered (0 turns it off).
+    - `cotraining_text`: a UTF-8 text file of documents separated by blank lines; consecutive
+      sentences of a document are the pairs. None: on the shapes dataset, two different
+      captions of the same image.
+    - `ssl`: clip-rocket's self-supervised term (`rocket` only): `siamlip`, `byolip` (SiamLIP
+      with targets from an EMA copy of model and heads, decay `target_decay`), `barlip` or
+      `swalip`; None: none.
+    - `ssl_weight`: its weight in the total (clip-rocket: 1, and 0.2 for `swalip`).
+    - `head_dim`, `head_hidden_dim`: the `ssl` projector's (and predictor's) output and hidden
+      sizes (clip-rocket: 128 and 2048).
+    - `num_prototypes`: SwALIP's prototypes, frozen for the first `freeze_prototypes_steps`.
     """
 
-    name: Literal["auto", "softmax", "sigmoid", "chunked_sigmoid", "ring_sigmoid"] = "auto"
+    name: Literal["auto", "softmax", "sigmoid", "chunked_sigmoid", "ring_sigmoid",
+                  "rocket"] = "auto"
     chunk_size: int = 512
     label_smoothing: float = 0.0
     cotraining: float = 0.0
+    cotraining_text: str | None = None
+    ssl: Literal["siamlip", "byolip", "barlip", "swalip"] | None = None
+    ssl_weight: float = 1.0
+    head_dim: int = 128
+    head_hidden_dim: int = 2048
+    num_prototypes: int = 1000
+    freeze_prototypes_steps: int = 100
+    target_decay: float = 0.99
 
     def __post_init__(self):
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"loss.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.cotraining < 1.0:
             raise ValueError(f"loss.cotraining must be in [0, 1), got {self.cotraining}")
+        if self.ssl is not None and self.ssl not in SSL_OBJECTIVES:
+            raise ValueError(f"loss.ssl={self.ssl!r}: use one of {', '.join(SSL_OBJECTIVES)} "
+                             "or None")
+        if self.ssl is not None and self.name != "rocket":
+            raise ValueError(f"loss.ssl={self.ssl!r} is a clip-rocket term: set loss.name=rocket")
+        if min(self.head_dim, self.head_hidden_dim, self.num_prototypes) < 1:
+            raise ValueError("loss.head_dim, loss.head_hidden_dim and loss.num_prototypes must "
+                             "be >= 1")
+        if not 0.0 <= self.target_decay <= 1.0:
+            raise ValueError(f"loss.target_decay must be in [0, 1], got {self.target_decay}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +122,19 @@ class MeshConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ClipaConfig:
-    """CLIPA token reduction: a first phase on fewer tokens, then a full-length fine-tune.
+    """CLIPA token reduction: a first phase on fewer tokens, then a full-resolution fine-tune.
+
+    The first `round(fraction * steps)` steps run with the data and the model at `image_size`
+    and the masks below; then the model is resized to full resolution (position embeddings
+    resampled) and training continues at the same point of the sample order.
 
     - `fraction`: share of the steps in the reduced phase (0 turns CLIPA off).
-    - `image_size`: image size of the reduced phase (None: unchanged); position embeddings are
-      resampled when the second phase starts.
+    - `image_size`: image size of the reduced phase (None: unchanged).
     - `image_mask`: `random`, `grid` or `block` patch masking in the reduced phase (None: off),
-      keeping `1 - mask_ratio` of the patches.
-    - `text_mask`: `truncate`, `random`, `block` or `syntax`, to `text_length` tokens.
+      dropping `mask_ratio` of the patches (`grid` keeps one patch per k x k window, so
+      `mask_ratio` must be 1 - 1/k^2: 0.75 for 2 x 2). CLIPPO masks its rendered text too.
+    - `text_mask`: `truncate`, `random`, `block` or `syntax` (by part of speech, on the host),
+      to `text_length` tokens, BOS and EOS included (token-id text only; not CLIPPO).
     """
 
     fraction: float = 0.0
@@ -107,6 +147,12 @@ class ClipaConfig:
     def __post_init__(self):
         if not 0.0 <= self.fraction < 1.0:
             raise ValueError(f"clipa.fraction must be in [0, 1), got {self.fraction}")
+        if not 0.0 <= self.mask_ratio < 1.0:
+            raise ValueError(f"clipa.mask_ratio must be in [0, 1), got {self.mask_ratio}: it is "
+                             "the share of patches dropped")
+        if self.text_length < 3:
+            raise ValueError(f"clipa.text_length must be >= 3 (BOS, a token, EOS), got "
+                             f"{self.text_length}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,10 +264,40 @@ def _clippo() -> TrainConfig:
         workdir="runs/clippo-tiny")
 
 
+def _clipa() -> TrainConfig:
+    """The default trained CLIPA's way: 3/4 of the steps at 32 px with half the patches and
+    syntax-reduced captions, then a fine-tune at 64 px."""
+    return dataclasses.replace(
+        _default(), clipa=ClipaConfig(fraction=0.75, image_size=32, image_mask="random",
+                                      mask_ratio=0.5, text_mask="syntax", text_length=10),
+        workdir="runs/clipa-tiny")
+
+
+def _rocket() -> TrainConfig:
+    """The default trained with clip-rocket: two augmented views of each image and caption,
+    local CLIP terms, and the SiamLIP term."""
+    base = _default()
+    return dataclasses.replace(
+        base, loss=LossConfig(name="rocket", ssl="siamlip", label_smoothing=0.1, head_dim=64,
+                              head_hidden_dim=256),
+        data=dataclasses.replace(base.data, views=2, text_augment=TextAugment()),
+        workdir="runs/rocket-tiny")
+
+
+def _clippo_cotraining() -> TrainConfig:
+    """CLIPPO with a quarter of each batch made of rendered caption pairs."""
+    base = _clippo()
+    return dataclasses.replace(base, loss=dataclasses.replace(base.loss, cotraining=0.25),
+                               workdir="runs/clippo-cotraining")
+
+
 CONFIGS: dict[str, Callable[[], TrainConfig]] = {
     "default": _default,
     "siglip-tiny": _siglip,
     "clippo-tiny": _clippo,
+    "clipa-tiny": _clipa,
+    "rocket-tiny": _rocket,
+    "clippo-cotraining": _clippo_cotraining,
 }
 
 

@@ -4,28 +4,45 @@ and resume exactly.
 One function, `train(config)`, reads top to bottom: mesh and model, tokenizer and data, the
 optimiser, restore, then the loop (step, log, evaluate, checkpoint) and the run's outputs in its
 directory: `metrics.jsonl`, `results.json`, `curves.png`, `tokenizer.json`, `checkpoints/`.
+The objectives beyond one contrastive loss live beside it: `encode` (views, CLIPA masks and
+per-example keys), `clipa` (the two phases), `rocket` (clip-rocket's heads and loss) and
+`cotraining` (CLIPPO's text pairs).
 """
 
 import dataclasses
+import functools
 import json
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from eqvlp import models, sharding
 from eqvlp.data import DataConfig, Loader, global_batch, normalization, normalize_images
 from eqvlp.data import fit_tokenizer, make_source
 from eqvlp.eval.evaluate import evaluate, load_eval_set
+from eqvlp.losses import ema_update
 from eqvlp.models.clippo import CLIPPOConfig
 from eqvlp.train import checkpoint
-from eqvlp.train.accumulate import accumulated_value_and_grad
-from eqvlp.train.config import TrainConfig, finalize
+from eqvlp.train.accumulate import accumulated_value_and_grad, embed_in_micro_batches
+from eqvlp.train.clipa import (
+    TrainPhase,
+    carry_optimizer_state,
+    phase_at,
+    resize_state,
+    training_phases,
+)
+from eqvlp.train.config import EvalConfig, TrainConfig, finalize
+from eqvlp.train.cotraining import mix_batch, text_pairs
+from eqvlp.train.encode import example_keys, first_view, make_encoder
 from eqvlp.train.objective import make_objective
 from eqvlp.train.optim import SkipNonfiniteState, ema_params, learning_rate, make_optimizer
+from eqvlp.train.rocket import RocketHeads, rocket_loss
 
 
 def _quiet(*args, **kwargs):
@@ -95,29 +112,130 @@ def zeroshot_classes(cfg: TrainConfig):
     return None, None, "label"
 
 
-def make_step(objective, optimizer, normalize, *, accumulation: int, ema_decay: float | None):
-    """`step(state, batch) -> (state, metrics)`: exact accumulation, update, EMA."""
+TRAINABLE = ("model", "heads")
+# clip-rocket's heads (and their optimiser slots) are small: every device keeps all of them.
+_HEADS_REPLICATED = ((r"(^|\.)heads\.", jax.P()),)
 
-    def embed(model, batch):
-        return model.encode_image(normalize(batch["image"])), model.encode_text(batch["text"])
 
-    def loss_fn(model, embeddings):
-        return objective(model, *embeddings)
+def trainable(state: dict) -> dict:
+    """What the optimiser updates: the model and, with clip-rocket, its heads."""
+    return {name: state[name] for name in TRAINABLE if name in state}
 
-    def step(state, batch):
-        model = state["model"]
-        loss, grads = accumulated_value_and_grad(embed, loss_fn, model, batch,
-                                                 micro_batches=accumulation)
-        params = eqx.filter(model, eqx.is_array)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params, loss=loss)
-        new = dict(state, model=eqx.apply_updates(model, updates), opt_state=opt_state)
+
+def check_objectives(cfg: TrainConfig, model_config) -> None:
+    """Clear errors for combinations of loss, data and model that the loop does not train."""
+    rendered = text_mode(model_config) == "render"
+    if cfg.data.views > 1 and cfg.loss.name != "rocket":
+        raise ValueError(f"data.views={cfg.data.views} gives multi-view batches, which only "
+                         "clip-rocket trains: set loss.name=rocket (or data.views=1)")
+    if cfg.loss.cotraining > 0:
+        if not rendered:
+            raise ValueError("loss.cotraining is CLIPPO's text-pair co-training and needs "
+                             "rendered text: use a CLIPPO model (--config clippo-tiny) or set "
+                             "loss.cotraining=0")
+        if cfg.data.views > 1:
+            raise ValueError("loss.cotraining mixes single-view batches: set data.views=1")
+
+
+def make_loss(cfg: TrainConfig, model_config, mesh) -> Callable:
+    """`loss(trainable, embeddings, *, step, target) -> (loss, terms)` for `cfg.loss`."""
+    if cfg.loss.name == "rocket":
+        return functools.partial(rocket_loss, config=cfg.loss)
+    objective = make_objective(cfg.loss.name, model_loss=model_config.loss,
+                               label_smoothing=cfg.loss.label_smoothing,
+                               chunk_size=cfg.loss.chunk_size, mesh=mesh)
+
+    def loss(trainable, embeddings, *, step, target=None):
+        return objective(trainable["model"], embeddings["image"], embeddings["text"]), {}
+
+    return loss
+
+
+def make_step(loss_fn, encode, optimizer, *, accumulation: int, seed: int,
+              ema_decay: float | None, target_decay: float):
+    """`step(state, batch, step) -> (state, metrics)`: per-example keys, exact accumulation,
+    the update, the weights' EMA and BYOLIP's target."""
+
+    def step_fn(state, batch, step):
+        params_now = trainable(state)
+        batch = dict(batch, key=example_keys(seed, step, batch["image"].shape[0]))
+        target = None
+        if "target" in state:  # BYOLIP: view-0 embeddings of the EMA model, no gradient
+            target = (state["target"]["heads"], embed_in_micro_batches(
+                encode, state["target"], first_view(batch), micro_batches=accumulation))
+
+        def loss(params, embeddings):
+            return loss_fn(params, embeddings, step=step, target=target)
+
+        (value, terms), grads = accumulated_value_and_grad(
+            encode, loss, params_now, batch, micro_batches=accumulation, has_aux=True)
+        params = eqx.filter(params_now, eqx.is_array)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], params, loss=value)
+        updated = eqx.apply_updates(params_now, updates)
+        new = dict(state, **updated, opt_state=opt_state)
         if ema_decay is not None:
             new["ema"] = ema_params(state["ema"], new["model"], ema_decay)
+        if "target" in state:
+            new["target"] = ema_update(state["target"], updated, target_decay)
         leaves = [g for g in jax.tree.leaves(grads) if g is not None]
         grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
-        return new, {"loss": loss, "grad_norm": grad_norm}
+        return new, {"loss": value, "grad_norm": grad_norm,
+                     **{f"loss_{name}": term for name, term in terms.items()}}
 
-    return step
+    return step_fn
+
+
+def _copy(tree):
+    """Fresh buffers (the step donates the state: two names must not share one)."""
+    return jax.tree.map(lambda x: x.copy() if eqx.is_array(x) else x, tree)
+
+
+# Jitted functions (model init, steps) of recent runs in this process: train() again with the
+# same config and shapes (a resume in a notebook, a test) reuses them instead of compiling again.
+_COMPILED: dict = {}
+
+
+def _compiled(key, build: Callable) -> Callable:
+    if key not in _COMPILED:
+        while len(_COMPILED) >= 8:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = build()
+    return _COMPILED[key]
+
+
+def init_state(cfg: TrainConfig, model_config, rules, mesh) -> dict:
+    """A new train state for `model_config` (without the optimiser state: `with_optimizer`):
+    the model; clip-rocket's heads; the weights' EMA; BYOLIP's target (model and heads)."""
+    model_class = models.presets.MODEL_CLASSES[type(model_config)]
+
+    def make():
+        return model_class(model_config, key=jax.random.key(cfg.seed))
+
+    init = _compiled(("init", model_config, cfg.seed, rules, mesh), lambda: jax.jit(
+        make, out_shardings=sharding.shardings(jax.eval_shape(make), rules, mesh)))
+    state = {"model": init()}
+    if cfg.loss.name == "rocket":
+        state["heads"] = RocketHeads(cfg.loss, model_config.embed_dim,
+                                     key=jax.random.fold_in(jax.random.key(cfg.seed), 1))
+    if cfg.optim.ema_decay is not None:
+        state["ema"] = _copy(state["model"])
+    if cfg.loss.ssl == "byolip":
+        state["target"] = _copy(trainable(state))
+    return state
+
+
+def with_optimizer(state: dict, cfg: TrainConfig, rules, mesh):
+    """`(state, optimizer)`: the optimiser built for the state's current shapes, its state
+    initialised (or carried over from `state["opt_state"]` where shapes did not change, after a
+    CLIPA resize), and every array placed as the rules say."""
+    params = eqx.filter(trainable(state), eqx.is_array)
+    optimizer = make_optimizer(cfg.optim, trainable(state), cfg.steps)
+    opt_shardings = sharding.shardings(jax.eval_shape(optimizer.init, params), rules, mesh)
+    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
+    if "opt_state" in state:
+        opt_state = carry_optimizer_state(state["opt_state"], opt_state)
+    arrays, static = eqx.partition(dict(state, opt_state=opt_state), eqx.is_array)
+    return eqx.combine(sharding.shard(arrays, rules, mesh), static), optimizer
 
 
 def skipped_steps(opt_state) -> int:
@@ -127,7 +245,12 @@ def skipped_steps(opt_state) -> int:
 
 def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
     """Runs (or resumes) `cfg` in `cfg.workdir` and returns the results also written to
-    `workdir/results.json`."""
+    `workdir/results.json`.
+
+    With CLIPA (`cfg.clipa.fraction` > 0) the run has two phases (`eqvlp.train.clipa`): at the
+    change the model is resized, the optimiser state carried over, a new step jitted and the
+    data continued at full size; a checkpoint's step decides the phase it is restored into.
+    """
     cfg = finalize(cfg)
     main_process = jax.process_index() == 0
     log = log if main_process else _quiet
@@ -136,68 +259,86 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
     ckpt_dir = workdir / "checkpoints"
 
     mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor)
-    rules = sharding.rules(cfg.mesh.rules)
+    rules = _HEADS_REPLICATED + sharding.rules(cfg.mesh.rules)
     model_config = cfg.model_config()
-    model_class = models.presets.MODEL_CLASSES[type(model_config)]
-    model = sharding.init_sharded(lambda: model_class(model_config, key=jax.random.key(cfg.seed)),
-                                  rules, mesh)
-
+    check_objectives(cfg, model_config)
     data = data_config(cfg, model_config)
     tokenizer = make_tokenizer(cfg, data, workdir, log) if data.text == "tokens" else None
-    optimizer = make_optimizer(cfg.optim, model, cfg.steps)
+    phases = training_phases(cfg, model_config, data)
+    pairs = text_pairs(cfg) if cfg.loss.cotraining > 0 else None
     schedule = learning_rate(cfg.optim, cfg.steps)
-    params = eqx.filter(model, eqx.is_array)
-    opt_shardings = sharding.shardings(jax.eval_shape(optimizer.init, params), rules, mesh)
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-    state = {"model": model, "opt_state": opt_state}
-    if cfg.optim.ema_decay is not None:
-        state["ema"] = jax.tree.map(lambda x: x.copy() if eqx.is_array(x) else x, model)
-    state_shardings = jax.tree.map(lambda x: x.sharding, eqx.filter(state, eqx.is_array))
 
-    start, data_state = 0, None
-    if checkpoint.latest_step(ckpt_dir) is not None:
+    # A checkpoint after `start` steps has the shapes of the phase that trained its last step.
+    start = checkpoint.latest_step(ckpt_dir) or 0
+    phase = phase_at(phases, max(start - 1, 0))
+    state, optimizer = with_optimizer(init_state(cfg, phase.model_config, rules, mesh), cfg,
+                                      rules, mesh)
+    data_state = None
+    if start:
         arrays, static = eqx.partition(state, eqx.is_array)
-        arrays, extra = checkpoint.restore(ckpt_dir, arrays, state_shardings)
+        arrays, _ = checkpoint.restore(ckpt_dir, arrays,
+                                       jax.tree.map(lambda x: x.sharding, arrays), step=start)
         state = eqx.combine(arrays, static)
-        start = extra["step"]
         data_state = (checkpoint.read_local(ckpt_dir, start) or {}).get("data")
         log(f"resumed from step {start} ({ckpt_dir})")
-    loader = Loader(data, tokenizer=tokenizer, state=data_state)
+    loader = Loader(phase.data, tokenizer=tokenizer, state=data_state)
 
     mean_std = normalization(cfg.normalization)
-    objective = make_objective(cfg.loss.name, model_loss=model_config.loss,
-                               label_smoothing=cfg.loss.label_smoothing,
-                               chunk_size=cfg.loss.chunk_size, mesh=mesh)
-    step_fn = make_step(objective, optimizer, lambda x: normalize_images(x, *mean_std),
-                        accumulation=cfg.accumulation, ema_decay=cfg.optim.ema_decay)
-    arrays, static = eqx.partition(state, eqx.is_array)
+    loss_fn = make_loss(cfg, model_config, mesh)
     replicated = jax.sharding.NamedSharding(mesh, jax.P())
+    run_key = dataclasses.replace(cfg, workdir="", eval=EvalConfig(), log_every=1,
+                                  checkpoint_every=1, keep_checkpoints=1, log_samples=False)
 
-    def _step(arrays, batch):
-        new, metrics = step_fn(eqx.combine(arrays, static), batch)
-        return eqx.filter(new, eqx.is_array), metrics
+    def jit_step(state: dict, optimizer, phase: TrainPhase):
+        """`(arrays, static, step)`: the state split for the jitted step of `phase`."""
+        arrays, static = eqx.partition(state, eqx.is_array)
+        shardings = jax.tree.map(lambda x: x.sharding, arrays)
 
-    jitted = jax.jit(_step, out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+        def build():
+            encode = make_encoder(lambda x: normalize_images(x, *mean_std),
+                                  rendered_text=text_mode(model_config) == "render",
+                                  image_mask=phase.image_mask, text_mask=phase.text_mask)
+            step_fn = make_step(loss_fn, encode, optimizer, accumulation=cfg.accumulation,
+                                seed=cfg.seed, ema_decay=cfg.optim.ema_decay,
+                                target_decay=cfg.loss.target_decay)
+
+            def _step(arrays, batch, step):
+                new, metrics = step_fn(eqx.combine(arrays, static), batch, step)
+                return eqx.filter(new, eqx.is_array), metrics
+
+            return jax.jit(_step, out_shardings=(shardings, replicated), donate_argnums=(0,))
+
+        key = (run_key, phase, jax.tree.structure(state), tuple(jax.tree.leaves(shardings)), mesh)
+        return arrays, static, _compiled(key, build)
+
+    arrays, static, jitted = jit_step(state, optimizer, phase)
+    del state  # its arrays are donated to the step from now on
 
     classnames, templates, label_key = zeroshot_classes(cfg)
-    eval_set = None
-    if cfg.eval.tasks:
-        eval_data = dataclasses.replace(
-            data, data=cfg.eval.data, split=cfg.eval.split, num_samples=cfg.eval.num_samples,
-            label_key=label_key, workers=0)
-        eval_set = load_eval_set(eval_data, num_samples=cfg.eval.num_samples)
-        tasks = tuple(t for t in cfg.eval.tasks if t != "zeroshot" or classnames)
+    tasks = tuple(t for t in cfg.eval.tasks if t != "zeroshot" or classnames)
+    eval_sets: dict = {}  # by image size: CLIPA's reduced phase evaluates at its own size
+
+    def eval_set(size):
+        if size not in eval_sets:
+            eval_data = dataclasses.replace(
+                data, image_size=size, data=cfg.eval.data, split=cfg.eval.split,
+                num_samples=cfg.eval.num_samples, label_key=label_key, workers=0)
+            eval_sets[size] = load_eval_set(eval_data, num_samples=cfg.eval.num_samples)
+        return eval_sets[size]
+
+    if tasks:
+        eval_set(phase.data.image_size)  # bad evaluation data fails now, not after training
 
     def run_eval() -> dict:
         evaluated = eqx.combine(arrays, static)
         evaluated = evaluated["ema"] if "ema" in evaluated else evaluated["model"]
-        prepare = text_preparer(evaluated, model_config, tokenizer)
+        prepare = text_preparer(evaluated, phase.model_config, tokenizer)
         batch = cfg.eval.batch_size - cfg.eval.batch_size % math.prod(
             mesh.shape[a] for a in sharding.BATCH_AXES)
         with jax.set_mesh(mesh):
-            return evaluate(evaluated, eval_set, prepare_text=prepare, normalize=mean_std,
-                            classnames=classnames, templates=templates, tasks=tasks,
-                            batch_size=batch, mesh=mesh)
+            return evaluate(evaluated, eval_set(phase.data.image_size), prepare_text=prepare,
+                            normalize=mean_std, classnames=classnames, templates=templates,
+                            tasks=tasks, batch_size=batch, mesh=mesh)
 
     metrics_file = (workdir / "metrics.jsonl").open("a") if main_process else None
     samples_file = None
@@ -214,16 +355,35 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    losses, evals, images_seen = [], [], 0
+    losses, images_seen = [], 0
     started = time.perf_counter()
     timed_from, timed_images = started, 0
     results_eval: dict = {}
     with jax.set_mesh(mesh):
         for step in range(start, cfg.steps):
-            batch = global_batch(next(loader), mesh, fields=("image", "text"))
+            if step >= phase.stop:  # CLIPA: the reduced phase is over
+                old = phase
+                phase = phase_at(phases, step)
+                state = resize_state(eqx.combine(arrays, static), phase)
+                state, optimizer = with_optimizer(state, cfg, rules, mesh)
+                arrays, static, jitted = jit_step(state, optimizer, phase)
+                del state
+                loader_state = loader.state()
+                loader.close()
+                loader = Loader(phase.data, tokenizer=tokenizer, state=loader_state)
+                log(f"step {step}: CLIPA phase '{phase.name}' starts: images "
+                    f"{old.data.image_size} -> {phase.data.image_size} px, position embeddings "
+                    "resampled, masks off, Adam moments kept except for resized leaves")
+            host = next(loader)
+            if pairs is not None:
+                host = mix_batch(host, pairs, fraction=cfg.loss.cotraining, seed=cfg.seed,
+                                 step=step, render=model_config.render,
+                                 process_index=jax.process_index())
+            batch = global_batch(host, mesh, fields=("image", "text"))
             if samples_file is not None:
                 samples_file.write(json.dumps({"step": step + 1, "keys": batch["key"]}) + "\n")
-            arrays, metrics = jitted(arrays, {"image": batch["image"], "text": batch["text"]})
+            arrays, metrics = jitted(arrays, {"image": batch["image"], "text": batch["text"]},
+                                     np.int32(step))
             images_seen += cfg.batch_size
             timed_images += cfg.batch_size
             done = step + 1
@@ -234,19 +394,20 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
                 rate = timed_images / max(now - timed_from, 1e-9)
                 timed_from, timed_images = now, 0
                 entry = {"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                         "lr": float(schedule(step)), "images_per_s": rate,
+                         **{k: float(v) for k, v in metrics.items() if k.startswith("loss_")},
+                         "lr": float(schedule(step)), "images_per_s": rate, "phase": phase.name,
                          "skipped_steps": skipped_steps(arrays["opt_state"]),
                          "data_skipped": dict(loader.skipped.counts)}
+                if pairs is not None:
+                    entry["text_pairs"] = int(host["is_text_pair"].sum()) * jax.process_count()
                 record(entry)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
             if bar is not None:
                 bar.update(1)
-            if eval_set is not None and ((cfg.eval.every and done % cfg.eval.every == 0)
-                                         or done == cfg.steps):
+            if tasks and ((cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.steps):
                 results_eval = run_eval()
-                evals.append((done, results_eval))
-                record({"step": done, "eval": results_eval})
+                record({"step": done, "eval": results_eval, "phase": phase.name})
                 log(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in results_eval.items()
                                                  if isinstance(v, float)))
             if done % cfg.checkpoint_every == 0 or done == cfg.steps:

@@ -11,7 +11,9 @@ import jax
 
 from eqvlp import models
 from eqvlp.train import checkpoint
+from eqvlp.train.clipa import phase_at, training_phases
 from eqvlp.train.config import TrainConfig, from_json
+from eqvlp.train.loop import data_config
 
 
 def load_config(run: str | Path) -> TrainConfig:
@@ -22,6 +24,14 @@ def load_config(run: str | Path) -> TrainConfig:
     return from_json(json.loads(path.read_text()))
 
 
+def checkpoint_model_config(cfg: TrainConfig, step: int):
+    """The model config of the checkpoint after `step` steps: CLIPA's reduced phase has its
+    own image size (the phase that trained the checkpoint's last step decides)."""
+    model_config = cfg.model_config()
+    phases = training_phases(cfg, model_config, data_config(cfg, model_config))
+    return phase_at(phases, max(step - 1, 0)).model_config
+
+
 def load_run(run: str | Path, *, step: int | None = None, ema: bool = False):
     """`(model, config, tokenizer)` of a run at its latest (or a given) checkpoint.
 
@@ -29,17 +39,19 @@ def load_run(run: str | Path, *, step: int | None = None, ema: bool = False):
     (runs with `optim.ema_decay` set). The tokenizer is None for CLIPPO (rendered text).
     """
     cfg = load_config(run)
-    model_config = cfg.model_config()
-    model_class = models.presets.MODEL_CLASSES[type(model_config)]
-    model = model_class(model_config, key=jax.random.key(cfg.seed))
     if ema and cfg.optim.ema_decay is None:
         raise ValueError(f"run {run} kept no EMA weights (optim.ema_decay was not set)")
+    ckpt_dir = Path(run) / "checkpoints"
+    latest = checkpoint.latest_step(ckpt_dir)
+    if latest is None:
+        raise FileNotFoundError(f"run {run} has no committed checkpoint in {ckpt_dir}")
+    # a checkpoint taken in CLIPA's reduced phase holds the model at that phase's image size
+    model_config = checkpoint_model_config(cfg, latest if step is None else step)
+    model_class = models.presets.MODEL_CLASSES[type(model_config)]
+    model = model_class(model_config, key=jax.random.key(cfg.seed))
     name = "ema" if ema else "model"
     arrays, static = eqx.partition(model, eqx.is_array)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    ckpt_dir = Path(run) / "checkpoints"
-    if checkpoint.latest_step(ckpt_dir) is None:
-        raise FileNotFoundError(f"run {run} has no committed checkpoint in {ckpt_dir}")
     # the checkpoint holds {"model", "opt_state", ["ema"]}: read only the weights asked for
     restored, _ = checkpoint.restore(ckpt_dir, {name: arrays},
                                      {name: jax.tree.map(lambda _: device, arrays)}, step=step)
