@@ -60,6 +60,20 @@ def test_batches_of_tokens_rendered_text_raw_and_views(shards, tokenizer):
     assert raw["text"][0] == "a red picture number 0" and raw["index"].tolist() == list(range(8))
 
 
+def test_rendered_text_is_drawn_as_the_render_config_says(shards):
+    from eqvlp.render import RenderConfig, render_text
+
+    small = RenderConfig(font_size=8, wrap="word")
+    batch = next(Loader(config(shards, text="render", training=False, render=small),
+                        process_index=0, process_count=1))
+    expected = render_text(["a red picture number 0"], image_size=(32, 32), font_size=8,
+                           wrap="word")
+    np.testing.assert_array_equal(batch["text"][:1], expected)
+    default = next(Loader(config(shards, text="render", training=False), process_index=0,
+                          process_count=1))
+    assert not np.array_equal(default["text"][0], batch["text"][0])
+
+
 def test_eval_is_one_ordered_pass_with_a_short_last_batch(shards, tokenizer):
     loader = Loader(config(shards, training=False, batch_size=16), tokenizer=tokenizer,
                     process_index=0, process_count=1)

@@ -27,6 +27,7 @@ from eqvlp.data.shards import ShardSource
 from eqvlp.data.shapes import Shapes, ShapesConfig
 from eqvlp.data.text_augment import TextAugment, augment_text
 from eqvlp.data.transforms import ImageAugment, augment_image, decode_image, eval_image
+from eqvlp.render.renderer import RenderConfig
 
 MAX_EXAMPLES = 5  # offending `shard:key`s kept per reason
 
@@ -43,7 +44,9 @@ class DataConfig:
       forever; otherwise resize + centre crop, in order, one pass.
     - `views`: augmented views per image (clip-rocket); images are then `(views, h, w, 3)`.
     - `text`: `"tokens"` (BPE ids, needs a tokenizer), `"render"` (CLIPPO: uint8 images of the
-      caption at `render_size`) or `"raw"` (the caption strings, for evaluation).
+      caption at `render_size`, drawn as `render` says) or `"raw"` (the caption strings, for
+      evaluation). A CLIPPO run takes `render` from the model's config, so training and
+      evaluation draw text alike.
     - `context_length`: token ids per caption (`[BOS] ... [EOS] [PAD]...`).
     - `text_augment`: EDA augmentation of captions (training only); with `views > 1` the text
       becomes `(views, ...)`: view 0 the caption, the others augmented.
@@ -68,6 +71,7 @@ class DataConfig:
     text: Literal["tokens", "render", "raw"] = "tokens"
     context_length: int = 32
     render_size: int | tuple[int, int] | None = None
+    render: RenderConfig = RenderConfig()
     text_augment: TextAugment | None = None
     syntax_words: int | None = None
     caption_field: str = "caption"
@@ -190,7 +194,8 @@ class Preprocess(grain.transforms.RandomMap):
         if cfg.text == "render":
             from eqvlp.render import render_text
 
-            encoded = render_text(texts, image_size=cfg.render_size or cfg.size)
+            encoded = render_text(texts, image_size=cfg.render_size or cfg.size,
+                                  **dataclasses.asdict(cfg.render))
         else:
             from eqvlp.tokenizer import tokenize
 
