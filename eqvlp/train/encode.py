@@ -1,6 +1,6 @@
 """What the training step feeds the towers: views, CLIPA token reduction, per-example keys.
 
-`make_encoder(...)` returns `encode(model, batch) -> {"image": z, "text": z}`, the `embed` of
+`make_encoder(...)` returns `encode(trainable, batch) -> {"image": z, "text": z}`, the `embed` of
 exact gradient accumulation (`eqvlp.train.accumulate`). A batch holds uint8 images `(b, h, w, 3)`
 or multi-view `(b, views, h, w, 3)` (clip-rocket), text as token ids `(b, length)` /
 `(b, views, length)` or rendered images (CLIPPO), and `key`: raw PRNG key data, one key per
@@ -56,9 +56,8 @@ def first_view(batch: dict) -> dict:
     if batch["image"].ndim == 5:
         out["image"] = batch["image"][:, 0]
     text = batch["text"]
-    text_views = text.ndim == (3 if jnp.issubdtype(text.dtype, jnp.integer) and text.dtype != jnp.uint8
-                               else 5)
-    if text_views:
+    rendered = text.dtype == jnp.uint8  # rendered text is an image; token ids are int32
+    if text.ndim == (5 if rendered else 3):
         out["text"] = text[:, 0]
     return out
 
