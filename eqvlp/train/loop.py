@@ -377,7 +377,7 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
             host = next(loader)
             if pairs is not None:
                 host = mix_batch(host, pairs, fraction=cfg.loss.cotraining, seed=cfg.seed,
-                                 step=step, render=model_config.render,
+                                 step=step, render=phase.data.render,
                                  process_index=jax.process_index())
             batch = global_batch(host, mesh, fields=("image", "text"))
             if samples_file is not None:
