@@ -4,45 +4,40 @@ and resume exactly.
 One function, `train(config)`, reads top to bottom: mesh and model, tokenizer and data, the
 optimiser, restore, then the loop (step, log, evaluate, checkpoint) and the run's outputs in its
 directory: `metrics.jsonl`, `results.json`, `curves.png`, `tokenizer.json`, `checkpoints/`.
-The objectives beyond one contrastive loss live beside it: `encode` (views, CLIPA masks and
+Beside it: `state` (the train state and the step's body), `encode` (views, CLIPA masks and
 per-example keys), `clipa` (the two phases), `rocket` (clip-rocket's heads and loss) and
 `cotraining` (CLIPPO's text pairs).
 """
 
 import dataclasses
-import functools
 import json
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from eqvlp import models, sharding
+from eqvlp import sharding
 from eqvlp.data import DataConfig, Loader, global_batch, normalization, normalize_images
 from eqvlp.data import fit_tokenizer, make_source
 from eqvlp.eval.evaluate import evaluate, load_eval_set
-from eqvlp.losses import ema_update
 from eqvlp.models.clippo import CLIPPOConfig
 from eqvlp.train import checkpoint
-from eqvlp.train.accumulate import accumulated_value_and_grad, embed_in_micro_batches
-from eqvlp.train.clipa import (
-    TrainPhase,
-    carry_optimizer_state,
-    phase_at,
-    resize_state,
-    training_phases,
-)
+from eqvlp.train.clipa import TrainPhase, phase_at, resize_state, training_phases
 from eqvlp.train.config import EvalConfig, TrainConfig, finalize
 from eqvlp.train.cotraining import mix_batch, text_pairs
-from eqvlp.train.encode import example_keys, first_view, make_encoder
-from eqvlp.train.objective import make_objective
-from eqvlp.train.optim import SkipNonfiniteState, ema_params, learning_rate, make_optimizer
-from eqvlp.train.rocket import RocketHeads, rocket_loss
+from eqvlp.train.encode import make_encoder
+from eqvlp.train.optim import SkipNonfiniteState, learning_rate
+from eqvlp.train.state import (
+    HEADS_REPLICATED,
+    compiled,
+    init_state,
+    make_loss,
+    make_step,
+    with_optimizer,
+)
 
 
 def _quiet(*args, **kwargs):
@@ -112,16 +107,6 @@ def zeroshot_classes(cfg: TrainConfig):
     return None, None, "label"
 
 
-TRAINABLE = ("model", "heads")
-# clip-rocket's heads (and their optimiser slots) are small: every device keeps all of them.
-_HEADS_REPLICATED = ((r"(^|\.)heads\.", jax.P()),)
-
-
-def trainable(state: dict) -> dict:
-    """What the optimiser updates: the model and, with clip-rocket, its heads."""
-    return {name: state[name] for name in TRAINABLE if name in state}
-
-
 def check_objectives(cfg: TrainConfig, model_config) -> None:
     """Clear errors for combinations of loss, data and model that the loop does not train."""
     rendered = text_mode(model_config) == "render"
@@ -135,107 +120,6 @@ def check_objectives(cfg: TrainConfig, model_config) -> None:
                              "loss.cotraining=0")
         if cfg.data.views > 1:
             raise ValueError("loss.cotraining mixes single-view batches: set data.views=1")
-
-
-def make_loss(cfg: TrainConfig, model_config, mesh) -> Callable:
-    """`loss(trainable, embeddings, *, step, target) -> (loss, terms)` for `cfg.loss`."""
-    if cfg.loss.name == "rocket":
-        return functools.partial(rocket_loss, config=cfg.loss)
-    objective = make_objective(cfg.loss.name, model_loss=model_config.loss,
-                               label_smoothing=cfg.loss.label_smoothing,
-                               chunk_size=cfg.loss.chunk_size, mesh=mesh)
-
-    def loss(trainable, embeddings, *, step, target=None):
-        return objective(trainable["model"], embeddings["image"], embeddings["text"]), {}
-
-    return loss
-
-
-def make_step(loss_fn, encode, optimizer, *, accumulation: int, seed: int,
-              ema_decay: float | None, target_decay: float):
-    """`step(state, batch, step) -> (state, metrics)`: per-example keys, exact accumulation,
-    the update, the weights' EMA and BYOLIP's target."""
-
-    def step_fn(state, batch, step):
-        params_now = trainable(state)
-        batch = dict(batch, key=example_keys(seed, step, batch["image"].shape[0]))
-        target = None
-        if "target" in state:  # BYOLIP: view-0 embeddings of the EMA model, no gradient
-            target = (state["target"]["heads"], embed_in_micro_batches(
-                encode, state["target"], first_view(batch), micro_batches=accumulation))
-
-        def loss(params, embeddings):
-            return loss_fn(params, embeddings, step=step, target=target)
-
-        (value, terms), grads = accumulated_value_and_grad(
-            encode, loss, params_now, batch, micro_batches=accumulation, has_aux=True)
-        params = eqx.filter(params_now, eqx.is_array)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params, loss=value)
-        updated = eqx.apply_updates(params_now, updates)
-        new = dict(state, **updated, opt_state=opt_state)
-        if ema_decay is not None:
-            new["ema"] = ema_params(state["ema"], new["model"], ema_decay)
-        if "target" in state:
-            new["target"] = ema_update(state["target"], updated, target_decay)
-        leaves = [g for g in jax.tree.leaves(grads) if g is not None]
-        grad_norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
-        return new, {"loss": value, "grad_norm": grad_norm,
-                     **{f"loss_{name}": term for name, term in terms.items()}}
-
-    return step_fn
-
-
-def _copy(tree):
-    """Fresh buffers (the step donates the state: two names must not share one)."""
-    return jax.tree.map(lambda x: x.copy() if eqx.is_array(x) else x, tree)
-
-
-# Jitted functions (model init, steps) of recent runs in this process: train() again with the
-# same config and shapes (a resume in a notebook, a test) reuses them instead of compiling again.
-_COMPILED: dict = {}
-
-
-def _compiled(key, build: Callable) -> Callable:
-    if key not in _COMPILED:
-        while len(_COMPILED) >= 8:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        _COMPILED[key] = build()
-    return _COMPILED[key]
-
-
-def init_state(cfg: TrainConfig, model_config, rules, mesh) -> dict:
-    """A new train state for `model_config` (without the optimiser state: `with_optimizer`):
-    the model; clip-rocket's heads; the weights' EMA; BYOLIP's target (model and heads)."""
-    model_class = models.presets.MODEL_CLASSES[type(model_config)]
-
-    def make():
-        return model_class(model_config, key=jax.random.key(cfg.seed))
-
-    init = _compiled(("init", model_config, cfg.seed, rules, mesh), lambda: jax.jit(
-        make, out_shardings=sharding.shardings(jax.eval_shape(make), rules, mesh)))
-    state = {"model": init()}
-    if cfg.loss.name == "rocket":
-        state["heads"] = RocketHeads(cfg.loss, model_config.embed_dim,
-                                     key=jax.random.fold_in(jax.random.key(cfg.seed), 1))
-    if cfg.optim.ema_decay is not None:
-        state["ema"] = _copy(state["model"])
-    if cfg.loss.ssl == "byolip":
-        state["target"] = _copy(trainable(state))
-    return state
-
-
-def with_optimizer(state: dict, cfg: TrainConfig, rules, mesh):
-    """`(state, optimizer)`: the optimiser built for the state's current shapes, its state
-    initialised (or carried over from `state["opt_state"]` where shapes did not change, after a
-    CLIPA resize), and every array placed as the rules say."""
-    params = eqx.filter(trainable(state), eqx.is_array)
-    optimizer = make_optimizer(cfg.optim, trainable(state), cfg.steps)
-    opt_shardings = sharding.shardings(jax.eval_shape(optimizer.init, params), rules, mesh)
-    opt_state = jax.jit(optimizer.init, out_shardings=opt_shardings)(params)
-    if "opt_state" in state:
-        opt_state = carry_optimizer_state(state["opt_state"], opt_state)
-    arrays, static = eqx.partition(dict(state, opt_state=opt_state), eqx.is_array)
-    return eqx.combine(sharding.shard(arrays, rules, mesh), static), optimizer
 
 
 def skipped_steps(opt_state) -> int:
@@ -259,7 +143,7 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
     ckpt_dir = workdir / "checkpoints"
 
     mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor)
-    rules = _HEADS_REPLICATED + sharding.rules(cfg.mesh.rules)
+    rules = HEADS_REPLICATED + sharding.rules(cfg.mesh.rules)
     model_config = cfg.model_config()
     check_objectives(cfg, model_config)
     data = data_config(cfg, model_config)
@@ -309,7 +193,7 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
             return jax.jit(_step, out_shardings=(shardings, replicated), donate_argnums=(0,))
 
         key = (run_key, phase, jax.tree.structure(state), tuple(jax.tree.leaves(shardings)), mesh)
-        return arrays, static, _compiled(key, build)
+        return arrays, static, compiled(key, build)
 
     arrays, static, jitted = jit_step(state, optimizer, phase)
     del state  # its arrays are donated to the step from now on
