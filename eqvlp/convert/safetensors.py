@@ -1,4 +1,5 @@
-"""A minimal reader of `.safetensors` files into NumPy arrays (no torch, no extra package).
+"""A minimal reader and writer of `.safetensors` files with NumPy arrays (no torch, no extra
+package).
 
 Format: 8-byte little-endian header length, a JSON header mapping names to dtype, shape and
 byte offsets, then the raw little-endian data.
@@ -42,6 +43,35 @@ def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
         dtype = np.dtype(_DTYPES[info["dtype"]])
         tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
     return tensors
+
+
+_NAMES = {np.dtype(dtype): name for name, dtype in _DTYPES.items()}
+
+
+def write_safetensors(path: str | Path, tensors: dict[str, np.ndarray],
+                      metadata: dict[str, str] | None = None) -> None:
+    """Writes NumPy arrays as one `.safetensors` file (what `read_safetensors` and torch's
+    `safetensors` read): little-endian data, contiguous, in name order; the header is padded
+    with spaces to a multiple of 8 bytes. transformers wants `metadata={"format": "pt"}`."""
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    blobs, offset = [], 0
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name])
+        if array.dtype not in _NAMES:
+            raise ValueError(f"tensor {name!r} has dtype {array.dtype}, which safetensors does "
+                             f"not store: convert it to one of {sorted(_DTYPES)}")
+        data = np.ascontiguousarray(array, array.dtype.newbyteorder("<")).tobytes()
+        header[name] = {"dtype": _NAMES[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(encoded)))
+        f.write(encoded)
+        for data in blobs:
+            f.write(data)
 
 
 def read_checkpoint_dir(directory: str | Path) -> dict[str, np.ndarray]:
