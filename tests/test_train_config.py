@@ -29,6 +29,16 @@ def test_named_configs_build_and_differ():
         assert cfg.model_config().vision.image_size == cfg.data.image_size
 
 
+def test_clippo_data_draws_captions_as_the_model_renders_them():
+    from eqvlp.train.loop import data_config
+
+    cfg = load_config("clippo-tiny")
+    model_config = cfg.model_config()
+    data = data_config(cfg, model_config)
+    assert data.text == "render" and data.render == model_config.render
+    assert data.render.font_size == 8  # a whole caption fits the 64 px image
+
+
 def test_overrides_parse_by_field_type():
     cfg = override(load_config(), [
         "optim.lr=3e-4", "steps=7", "data.image_size=(48, 64)", "eval.tasks=('retrieval',)",

@@ -19,6 +19,7 @@ from typing import Any, Literal
 from eqvlp import models
 from eqvlp.data import DataConfig, TextAugment
 from eqvlp.models.presets import ModelConfig
+from eqvlp.render import RenderConfig
 from eqvlp.train.optim import OptimConfig
 
 
@@ -230,15 +231,18 @@ def _default() -> TrainConfig:
     return TrainConfig(
         model=dataclasses.replace(
             models.config("clip-tiny"),
-            vision=models.ViTConfig.tiny(image_size=64, patch_size=8, width=96, depth=3,
-                                         num_heads=3, mlp_dim=192, projection_dim=64),
+            # A conv stem to 16 x 16 patches: shapes are learned several times faster than
+            # through 8 x 8 linear patches, and 16 tokens make a step ~2.4x cheaper.
+            vision=models.ViTConfig.tiny(image_size=64, patch_size=16, width=96, depth=3,
+                                         num_heads=3, mlp_dim=192, projection_dim=64,
+                                         stem="conv", stem_widths=(24, 48, 96, 96)),
             text=models.TextConfig.tiny(width=96, depth=3, num_heads=3, mlp_dim=192,
                                         projection_dim=64),
         ),
         data=_shapes_data(workers=1),
-        eval=EvalConfig(every=300),
+        eval=EvalConfig(every=600),
         optim=OptimConfig(lr=2e-3, warmup_steps=100, weight_decay=0.05),
-        steps=900, batch_size=128, workdir="runs/default",
+        steps=2400, batch_size=128, checkpoint_every=600, workdir="runs/default",
     )
 
 
@@ -256,10 +260,13 @@ def _clippo() -> TrainConfig:
     return dataclasses.replace(
         base, model=dataclasses.replace(
             models.config("clippo-tiny"),
-            vision=models.ViTConfig.tiny(image_size=64, patch_size=8, width=96, depth=3,
+            vision=models.ViTConfig.tiny(image_size=64, patch_size=16, width=96, depth=3,
                                          num_heads=3, mlp_dim=192, class_token=False,
+                                         stem="conv", stem_widths=(24, 48, 96, 96),
                                          pooling="map", projection_dim=64,
-                                         projection_bias=True)),
+                                         projection_bias=True),
+            # 8 px glyphs, wrapped at spaces: a whole caption fits a 64 px image
+            render=RenderConfig(font_size=8, wrap="word")),
         data=dataclasses.replace(base.data, text="render"), normalization="signed",
         workdir="runs/clippo-tiny")
 

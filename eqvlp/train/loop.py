@@ -50,11 +50,14 @@ def text_mode(model_config) -> str:
 
 
 def data_config(cfg: TrainConfig, model_config) -> DataConfig:
-    """The training data config, sized for the model (image size, context length, text kind)."""
+    """The training data config, sized for the model (image size, context length, text kind);
+    CLIPPO's captions are drawn with the model's own `RenderConfig`, as `model.render` draws
+    them at evaluation."""
     mode = text_mode(model_config)
     context = cfg.data.context_length if mode == "render" else context_length(model_config)
+    drawn = {"render": model_config.render} if mode == "render" else {}
     return dataclasses.replace(cfg.data, image_size=model_config.vision.image_size, text=mode,
-                               context_length=context)
+                               context_length=context, **drawn)
 
 
 def make_tokenizer(cfg: TrainConfig, data: DataConfig, workdir: Path, log=print):
