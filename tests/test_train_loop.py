@@ -44,6 +44,10 @@ def test_a_run_writes_results_metrics_curves_and_checkpoints(tmp_path):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "tokenizer.json").exists()
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["step_00000002", "step_00000004"]
+    from eqvlp.train.run import load_run  # a run started from Python loads back like a CLI run
+
+    model, cfg, _ = load_run(tmp_path)
+    assert cfg.steps == 4 and type(model).__name__ == "CLIP"
 
 
 def _cli(workdir, steps, *extra):
@@ -75,6 +79,35 @@ def test_resume_after_sigkill_reproduces_the_uninterrupted_losses(tmp_path):
     want, got = losses(full), losses(broken)  # later lines of a step overwrite earlier ones
     assert sorted(got) == sorted(want) == list(range(1, 13))
     assert all(got[s] == want[s] for s in want), [(s, got[s], want[s]) for s in want]
+
+
+def _children(pid: int) -> set[int]:
+    """Direct child processes of `pid` (Linux /proc)."""
+    out = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out.update(int(c) for c in f.read().split())
+    return out
+
+
+def test_sigterm_stops_the_run_and_its_data_workers(tmp_path):
+    env = os.environ | {"JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
+    log = (tmp_path / "run.log").open("w")
+    proc = subprocess.Popen(_cli(tmp_path / "run", 100000, "--set", "data.workers=1"), env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not (tmp_path / "run" / "metrics.jsonl").exists():
+        assert time.time() < deadline and proc.poll() is None, (tmp_path / "run.log").read_text()
+        time.sleep(0.05)
+    workers = _children(proc.pid)
+    assert workers, "the run started no data worker process"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    time.sleep(1)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and
+             open(f"/proc/{w}/stat").read().split()[2] != "Z"]
+    assert not alive, f"data worker processes {alive} outlived the run"
 
 
 def test_non_finite_steps_are_skipped_and_counted(tmp_path, capsys):

@@ -20,13 +20,20 @@ import jax
 import numpy as np
 
 from eqvlp import sharding
-from eqvlp.data import DataConfig, Loader, global_batch, normalization, normalize_images
-from eqvlp.data import fit_tokenizer, make_source
+from eqvlp.data import (
+    DataConfig,
+    Loader,
+    fit_tokenizer,
+    global_batch,
+    make_source,
+    normalization,
+    normalize_images,
+)
 from eqvlp.eval.evaluate import evaluate, load_eval_set
 from eqvlp.models.clippo import CLIPPOConfig
 from eqvlp.train import checkpoint
 from eqvlp.train.clipa import TrainPhase, phase_at, resize_state, training_phases
-from eqvlp.train.config import EvalConfig, TrainConfig, finalize
+from eqvlp.train.config import EvalConfig, TrainConfig, finalize, to_json
 from eqvlp.train.cotraining import mix_batch, text_pairs
 from eqvlp.train.encode import make_encoder
 from eqvlp.train.optim import SkipNonfiniteState, learning_rate
@@ -144,6 +151,8 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
     workdir = Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = workdir / "checkpoints"
+    if main_process:  # what `load_run` and `eqvlp eval --checkpoint` rebuild the run from
+        (workdir / "config.json").write_text(json.dumps(to_json(cfg), indent=1))
 
     mesh = sharding.make_mesh(data=cfg.mesh.data, fsdp=cfg.mesh.fsdp, tensor=cfg.mesh.tensor)
     rules = HEADS_REPLICATED + sharding.rules(cfg.mesh.rules)
@@ -246,61 +255,65 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
     started = time.perf_counter()
     timed_from, timed_images = started, 0
     results_eval: dict = {}
-    with jax.set_mesh(mesh):
-        for step in range(start, cfg.steps):
-            if step >= phase.stop:  # CLIPA: the reduced phase is over
-                old = phase
-                phase = phase_at(phases, step)
-                state = resize_state(eqx.combine(arrays, static), phase)
-                state, optimizer = with_optimizer(state, cfg, rules, mesh)
-                arrays, static, jitted = jit_step(state, optimizer, phase)
-                del state
-                loader_state = loader.state()
-                loader.close()
-                loader = Loader(phase.data, tokenizer=tokenizer, state=loader_state)
-                log(f"step {step}: CLIPA phase '{phase.name}' starts: images "
-                    f"{old.data.image_size} -> {phase.data.image_size} px, position embeddings "
-                    "resampled, masks off, Adam moments kept except for resized leaves")
-            host = next(loader)
-            if pairs is not None:
-                host = mix_batch(host, pairs, fraction=cfg.loss.cotraining, seed=cfg.seed,
-                                 step=step, render=phase.data.render,
-                                 process_index=jax.process_index())
-            batch = global_batch(host, mesh, fields=("image", "text"))
-            if samples_file is not None:
-                samples_file.write(json.dumps({"step": step + 1, "keys": batch["key"]}) + "\n")
-            arrays, metrics = jitted(arrays, {"image": batch["image"], "text": batch["text"]},
-                                     np.int32(step))
-            images_seen += cfg.batch_size
-            timed_images += cfg.batch_size
-            done = step + 1
-            if done % cfg.log_every == 0 or done == cfg.steps or step == start:
-                loss = float(metrics["loss"])
-                losses.append((done, loss))
-                now = time.perf_counter()
-                rate = timed_images / max(now - timed_from, 1e-9)
-                timed_from, timed_images = now, 0
-                entry = {"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                         **{k: float(v) for k, v in metrics.items() if k.startswith("loss_")},
-                         "lr": float(schedule(step)), "images_per_s": rate, "phase": phase.name,
-                         "skipped_steps": skipped_steps(arrays["opt_state"]),
-                         "data_skipped": dict(loader.skipped.counts)}
+    try:
+        with jax.set_mesh(mesh):
+            for step in range(start, cfg.steps):
+                if step >= phase.stop:  # CLIPA: the reduced phase is over
+                    old = phase
+                    phase = phase_at(phases, step)
+                    state = resize_state(eqx.combine(arrays, static), phase)
+                    state, optimizer = with_optimizer(state, cfg, rules, mesh)
+                    arrays, static, jitted = jit_step(state, optimizer, phase)
+                    del state
+                    loader_state = loader.state()
+                    loader.close()
+                    loader = Loader(phase.data, tokenizer=tokenizer, state=loader_state)
+                    log(f"step {step}: CLIPA phase '{phase.name}' starts: images "
+                        f"{old.data.image_size} -> {phase.data.image_size} px, position embeddings "
+                        "resampled, masks off, Adam moments kept except for resized leaves")
+                host = next(loader)
                 if pairs is not None:
-                    entry["text_pairs"] = int(host["is_text_pair"].sum()) * jax.process_count()
-                record(entry)
+                    host = mix_batch(host, pairs, fraction=cfg.loss.cotraining, seed=cfg.seed,
+                                     step=step, render=phase.data.render,
+                                     process_index=jax.process_index())
+                batch = global_batch(host, mesh, fields=("image", "text"))
+                if samples_file is not None:
+                    samples_file.write(json.dumps({"step": step + 1, "keys": batch["key"]}) + "\n")
+                arrays, metrics = jitted(arrays, {"image": batch["image"], "text": batch["text"]},
+                                         np.int32(step))
+                images_seen += cfg.batch_size
+                timed_images += cfg.batch_size
+                done = step + 1
+                if done % cfg.log_every == 0 or done == cfg.steps or step == start:
+                    loss = float(metrics["loss"])
+                    losses.append((done, loss))
+                    now = time.perf_counter()
+                    rate = timed_images / max(now - timed_from, 1e-9)
+                    timed_from, timed_images = now, 0
+                    entry = {"step": done, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
+                             **{k: float(v) for k, v in metrics.items() if k.startswith("loss_")},
+                             "lr": float(schedule(step)), "images_per_s": rate, "phase": phase.name,
+                             "skipped_steps": skipped_steps(arrays["opt_state"]),
+                             "data_skipped": dict(loader.skipped.counts)}
+                    if pairs is not None:
+                        entry["text_pairs"] = int(host["is_text_pair"].sum()) * jax.process_count()
+                    record(entry)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{rate:.0f}")
-            if bar is not None:
-                bar.update(1)
-            if tasks and ((cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.steps):
-                results_eval = run_eval()
-                record({"step": done, "eval": results_eval, "phase": phase.name})
-                log(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in results_eval.items()
-                                                 if isinstance(v, float)))
-            if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                checkpoint.save(ckpt_dir, done, arrays, {"step": done},
-                                local={"data": loader.state()})
-                checkpoint.prune(ckpt_dir, cfg.keep_checkpoints)
+                    bar.update(1)
+                if tasks and ((cfg.eval.every and done % cfg.eval.every == 0) or done == cfg.steps):
+                    results_eval = run_eval()
+                    record({"step": done, "eval": results_eval, "phase": phase.name})
+                    log(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in results_eval.items()
+                                                     if isinstance(v, float)))
+                if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+                    checkpoint.save(ckpt_dir, done, arrays, {"step": done},
+                                    local={"data": loader.state()})
+                    checkpoint.prune(ckpt_dir, cfg.keep_checkpoints)
+    except BaseException:  # an error, Ctrl-C or SIGTERM: no worker process outlives the run
+        loader.close()
+        raise
     wall = time.perf_counter() - started
     if bar is not None:
         bar.close()
