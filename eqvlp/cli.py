@@ -1,5 +1,5 @@
 """The `eqvlp` command line: `eqvlp demo` runs the embedded default job; `eqvlp render` draws
-text the way CLIPPO sees it."""
+text the way CLIPPO sees it; `eqvlp finetune` transfers a model to a downstream task."""
 
 import argparse
 import dataclasses
@@ -218,7 +218,8 @@ def run_train(args: argparse.Namespace) -> None:
 
 def results_table(results: dict) -> str:
     """The headline numbers of a run or an evaluation as a small table."""
-    keys = ("zeroshot_top1", "zeroshot_top5", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5",
+    keys = ("accuracy", *sorted(k for k in results if k.startswith("accuracy_")),
+            "zeroshot_top1", "zeroshot_top5", "i2t_r1", "i2t_r5", "t2i_r1", "t2i_r5",
             "linear_probe", *sorted(k for k in results if k.startswith("fewshot_")),
             "final_loss", "steps", "wall_s", "images_per_s", "skipped_steps", "data_skipped")
     rows = [(k, results[k]) for k in keys if k in results]
@@ -361,6 +362,33 @@ def run_eval(args: argparse.Namespace) -> None:
         print(results_table(results))
 
 
+def run_finetune(args: argparse.Namespace) -> None:
+    from eqvlp.finetune import FinetuneConfig
+    from eqvlp.train.config import dotted_fields, override
+
+    if args.help_config:
+        for key, value in dotted_fields(FinetuneConfig()).items():
+            if not hasattr(value, "__dataclass_fields__"):
+                print(f"{key} = {value!r}")
+        return
+    if not args.task:
+        from eqvlp.finetune import TASKS
+
+        raise SystemExit(f"eqvlp finetune: --task is required: one of {', '.join(TASKS)}")
+    sets = [f"task={args.task}"] + [f"{key}={getattr(args, key)}" for key in
+                                    ("init", "workdir", "steps") if getattr(args, key)]
+    try:
+        cfg = override(FinetuneConfig(), sets + list(args.set or []))
+        from eqvlp.finetune import finetune
+
+        print(f"eqvlp finetune: {cfg.task} ({cfg.mode}) from {cfg.init or 'scratch'}, "
+              f"{cfg.steps} steps of {cfg.batch_size} -> {cfg.run_dir}")
+        results = finetune(cfg, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        raise SystemExit(f"eqvlp finetune: {error}") from None
+    print(results_table(results))
+
+
 def _distributed_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "multi-process", "one process per host with the same --coordinator (process 0's "
@@ -457,6 +485,24 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--no-progress", dest="no_progress", action="store_true")
     _distributed_flags(evaluate)
     evaluate.set_defaults(run=run_eval)
+    tune = commands.add_parser(
+        "finetune", help="fine-tune a model on a downstream task (VQA, sentence pairs, "
+        "classification, LiT) and report held-out accuracy",
+        description="Fine-tune an eqvlp train run (--init DIR) or a new model on a task and "
+        "write DIR/results.json (accuracy), metrics.jsonl, curves.png and checkpoints (a rerun "
+        "resumes). Tasks: shapes-vqa, shapes-pairs, shapes-classify, shards, lit; see "
+        "docs/finetune.md.",
+    )
+    tune.add_argument("--task", help="shapes-vqa, shapes-pairs, shapes-classify, shards or lit")
+    tune.add_argument("--init", help="an eqvlp train run directory (default: a new model)")
+    tune.add_argument("--workdir", help="run directory (default: runs/finetune-TASK)")
+    tune.add_argument("--steps", type=int)
+    tune.add_argument("--set", action="append", metavar="KEY=VALUE",
+                      help="override any config key, e.g. --set mode=linear (repeatable)")
+    tune.add_argument("--help-config", dest="help_config", action="store_true",
+                      help="print every config key and its default, then exit")
+    tune.add_argument("--no-progress", dest="no_progress", action="store_true")
+    tune.set_defaults(run=run_finetune)
     render = commands.add_parser(
         "render", help="render text to a PNG the way CLIPPO sees it (GNU Unifont)"
     )
