@@ -194,7 +194,6 @@ def run_train(args: argparse.Namespace) -> None:
         raise SystemExit(f"eqvlp train: {error}") from None
     jax = _start_jax(args)
 
-    from eqvlp.train.config import to_json
     from eqvlp.train.loop import train
 
     log = print if jax.process_index() == 0 else (lambda *a, **k: None)
@@ -202,13 +201,11 @@ def run_train(args: argparse.Namespace) -> None:
     log(f"eqvlp train: {args.config or 'default'} ({model}) on {cfg.data.data}, "
         f"{cfg.steps} steps of {cfg.batch_size}, {jax.process_count()} process(es), "
         f"{jax.device_count()} {jax.devices()[0].platform} device(s) -> {cfg.workdir}")
-    from pathlib import Path
+    import signal
 
-    Path(cfg.workdir).mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-        import json
-
-        (Path(cfg.workdir) / "config.json").write_text(json.dumps(to_json(cfg), indent=1))
+    # SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: train() closes its data workers
+    # and the last committed checkpoint stays the resume point.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         results = train(cfg, log=log, progress=not args.no_progress)
     except (ValueError, FileNotFoundError) as error:
@@ -273,8 +270,13 @@ def _eval_model(args: argparse.Namespace):
     model = models.create(args.preset, key=jax.random.key(0))
     tokenizer = None
     if not args.preset.startswith("clippo"):
-        from eqvlp.data import Shapes, ShapesConfig, fit_tokenizer, make_source
-        from eqvlp.data import DataConfig
+        from eqvlp.data import (
+            DataConfig,
+            Shapes,
+            ShapesConfig,
+            fit_tokenizer,
+            make_source,
+        )
 
         source = make_source(DataConfig(data=args.data)) if args.data != "shapes" else \
             Shapes("train", num_samples=2000, config=ShapesConfig())
