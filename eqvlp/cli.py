@@ -383,7 +383,8 @@ def run_finetune(args: argparse.Namespace) -> None:
         cfg = override(FinetuneConfig(), sets + list(args.set or []))
         from eqvlp.finetune import finetune
 
-        print(f"eqvlp finetune: {cfg.task} ({cfg.mode}) from {cfg.init or 'scratch'}, "
+        mode = "image tower locked" if cfg.task == "lit" else cfg.mode
+        print(f"eqvlp finetune: {cfg.task} ({mode}) from {cfg.init or 'scratch'}, "
               f"{cfg.steps} steps of {cfg.batch_size} -> {cfg.run_dir}")
         results = finetune(cfg, progress=not args.no_progress)
     except (ValueError, FileNotFoundError, TypeError) as error:
