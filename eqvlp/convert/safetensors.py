@@ -6,6 +6,7 @@ byte offsets, then the raw little-endian data.
 """
 
 import json
+import math
 import struct
 from pathlib import Path
 
@@ -27,21 +28,51 @@ _DTYPES = {
 
 
 def read_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    """Every tensor of one `.safetensors` file, as NumPy arrays (memory-mapped)."""
+    """Every tensor of one `.safetensors` file, as NumPy arrays (memory-mapped).
+
+    A truncated or corrupt file (header length past the end, a header that is not JSON, offsets
+    outside the data or disagreeing with shape and dtype) raises `ValueError` naming the file.
+    """
     path = Path(path)
+    size = path.stat().st_size
+
+    def damaged(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid .safetensors file ({why}): it is truncated or "
+                          "corrupt; download or save it again")
+
     with open(path, "rb") as f:
-        (header_size,) = struct.unpack("<Q", f.read(8))
-        header = json.loads(f.read(header_size))
-    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size)
+        head = f.read(8)
+        if len(head) < 8:
+            raise damaged(f"{size} bytes, shorter than the 8-byte header length")
+        (header_size,) = struct.unpack("<Q", head)
+        if header_size > size - 8:
+            raise damaged(f"header of {header_size} bytes in a file of {size}")
+        try:
+            header = json.loads(f.read(header_size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise damaged(f"header is not JSON: {error}") from None
+    if not isinstance(header, dict):
+        raise damaged("header is not a JSON object")
+    data_size = size - 8 - header_size
+    data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + header_size) if data_size else \
+        np.zeros(0, np.uint8)
     tensors = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in _DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {info['dtype']}")
-        start, end = info["data_offsets"]
-        dtype = np.dtype(_DTYPES[info["dtype"]])
-        tensors[name] = data[start:end].view(dtype).reshape(info["shape"])
+        try:
+            kind, shape, (start, end) = info["dtype"], [int(n) for n in info["shape"]], \
+                [int(n) for n in info["data_offsets"]]
+        except (KeyError, TypeError, ValueError):
+            raise damaged(f"tensor {name!r} lacks dtype, shape or data_offsets") from None
+        if kind not in _DTYPES:
+            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {kind}")
+        dtype = np.dtype(_DTYPES[kind])
+        if min(shape, default=0) < 0 or not 0 <= start <= end <= data_size or \
+                end - start != dtype.itemsize * math.prod(shape):
+            raise damaged(f"tensor {name!r}: bytes {start}..{end} of {data_size} do not hold "
+                          f"{kind} {tuple(shape)}")
+        tensors[name] = data[start:end].view(dtype).reshape(shape)
     return tensors
 
 
@@ -81,7 +112,11 @@ def read_checkpoint_dir(directory: str | Path) -> dict[str, np.ndarray]:
     if single.exists():
         return read_safetensors(single)
     if index.exists():
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        try:
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{index} is damaged ({error!r}): it must be JSON with a "
+                             "'weight_map' of tensor names to files") from None
         tensors: dict[str, np.ndarray] = {}
         for name in files:
             tensors.update(read_safetensors(directory / name))

@@ -2,7 +2,9 @@
 
 import os
 import struct
+import tempfile
 import zlib
+from pathlib import Path
 
 import numpy as np
 
@@ -34,6 +36,24 @@ def encode_png(image: np.ndarray, *, compression: int = 6) -> bytes:
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes a uint8 `(H, W)` or `(H, W, 3)` image to a PNG file."""
-    with open(path, "wb") as f:
-        f.write(encode_png(image))
+    """Writes a uint8 `(H, W)` or `(H, W, 3)` image to a PNG file.
+
+    The image is validated and encoded first, then written to a temporary file beside `path`
+    and renamed over it: a bad image or a failed write never truncates an existing file.
+    """
+    data = encode_png(image)
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory: give a file name, e.g. {path / 'out.png'}")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: directory {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
