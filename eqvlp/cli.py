@@ -265,7 +265,7 @@ def _eval_model(args: argparse.Namespace):
         def prepare(texts):
             return np.asarray([e.ids for e in tokenizer.encode_batch(texts)], np.int32)
 
-        return model, model.config, prepare, "clip" if model.config.loss == "softmax" \
+        return model, model.config, prepare, "clip" if models.loss_kind(model) == "softmax" \
             else "signed", None
     model = models.create(args.preset, key=jax.random.key(0))
     tokenizer = None

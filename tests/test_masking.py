@@ -98,26 +98,26 @@ def content(row):
 
 
 def test_truncate_text():
-    assert content(masking.truncate_text(CAPTION, 5)) == [11, 12, 13]
-    assert content(masking.truncate_text(CAPTION, 12)) == [11, 12, 13, 14, 15, 16]
-    assert masking.truncate_text(CAPTION, 5).shape == (5,)
+    assert content(masking.truncate_text(CAPTION, 5, eos_token_id=2)) == [11, 12, 13]
+    assert content(masking.truncate_text(CAPTION, 12, eos_token_id=2)) == [11, 12, 13, 14, 15, 16]
+    assert masking.truncate_text(CAPTION, 5, eos_token_id=2).shape == (5,)
 
 
 def test_random_text_keeps_order_and_count():
     seen = set()
     for key in KEYS:
-        kept = content(masking.random_text(CAPTION, key, 6))
+        kept = content(masking.random_text(CAPTION, key, 6, eos_token_id=2))
         assert len(kept) == 4 and kept == sorted(kept) and set(kept) <= set(range(11, 17))
         seen.add(tuple(kept))
     assert len(seen) > 1
     # shorter than the budget: everything is kept
-    assert content(masking.random_text(CAPTION, KEYS[0], 10)) == [11, 12, 13, 14, 15, 16]
+    assert content(masking.random_text(CAPTION, KEYS[0], 10, eos_token_id=2)) == [11, 12, 13, 14, 15, 16]
 
 
 def test_block_text_is_a_contiguous_window():
     starts = set()
     for key in KEYS:
-        kept = content(masking.block_text(CAPTION, key, 5))
+        kept = content(masking.block_text(CAPTION, key, 5, eos_token_id=2))
         assert len(kept) == 3 and kept == list(range(kept[0], kept[0] + 3))
         starts.add(kept[0])
     assert starts <= {11, 12, 13, 14} and len(starts) > 1
@@ -126,14 +126,14 @@ def test_block_text_is_a_contiguous_window():
 def test_text_masks_batch_under_jit():
     batch = jnp.stack([CAPTION, CAPTION.at[3:].set(0).at[3].set(2)])
     keys = jax.random.split(KEYS[0], 2)
-    mask = masking.TextMask("random", length=6)
+    mask = masking.TextMask("random", length=6, eos_token_id=2)
     out = jax.jit(jax.vmap(mask))(batch, keys)
     assert out.shape == (2, 6)
     assert content(out[1]) == [11, 12]
     with pytest.raises(ValueError, match="PRNG key"):
-        masking.TextMask("block", 6)(CAPTION)
+        masking.TextMask("block", 6, eos_token_id=2)(CAPTION)
     with pytest.raises(ValueError, match="reduced length"):
-        masking.truncate_text(CAPTION, 20)
+        masking.truncate_text(CAPTION, 20, eos_token_id=2)
 
 
 def test_syntax_priorities():
@@ -198,7 +198,8 @@ def test_schedule_phases():
 def test_two_phase_training_loop(getkey):
     """Low-res masked pre-training, then full-res fine-tuning, driven by the schedule."""
     schedule = masking.TokenReductionSchedule((
-        masking.Phase(0, 16, masking.ImageMask("random", 0.5), masking.TextMask("random", 8)),
+        masking.Phase(0, 16, masking.ImageMask("random", 0.5),
+                      masking.TextMask("random", 8, eos_token_id=2)),
         masking.Phase(3, 32),
     ))
     model = models.create("clip-tiny", key=getkey())

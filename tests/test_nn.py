@@ -104,8 +104,10 @@ def test_position_embeddings_add_and_check_length(getkey):
     learned = nn.LearnedPositionEmbedding(5, 8, key=getkey())
     x = jnp.ones((5, 8))
     np.testing.assert_allclose(learned(x), x + learned.weight)
+    # a table without a grid is a text table: shorter sequences take its first rows
+    np.testing.assert_allclose(learned(x[:4]), x[:4] + learned.weight[:4])
     with pytest.raises(ValueError, match="has 5"):
-        learned(jnp.ones((4, 8)))
+        learned(jnp.ones((6, 8)))
     sincos = nn.SinCosPositionEmbedding((2, 2), 8, num_prefix=1)
     out = sincos(x)
     np.testing.assert_allclose(out[0], x[0])  # the CLS token gets no position

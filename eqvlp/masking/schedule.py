@@ -7,14 +7,10 @@ state, whose position-embedding slots change shape).
 """
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 from eqvlp.masking.image import ImageMask
 from eqvlp.masking.text import TextMask
 from eqvlp.nn.patch_embedding import as_pair
-
-if TYPE_CHECKING:  # models import masking: only the type checker may import models here
-    from eqvlp.models.contrastive import ContrastiveModel
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +65,20 @@ class TokenReductionSchedule:
         ))
 
 
-def enter_phase(model: "ContrastiveModel", phase: Phase) -> "ContrastiveModel":
-    """The model resized for the phase's image size (no-op when it already matches)."""
-    from eqvlp.models.resize import resize  # models import masking: resolve at call time
+def enter_phase(model, phase: Phase):
+    """The model resized for the phase's image size (the same model when it already matches).
 
-    if model.config.vision.image_shape[:2] == as_pair(phase.image_size):
-        return model
-    return resize(model, image_size=phase.image_size)
+    Works on any model `eqvlp.models.resize` can resize: eqvlp's presets, and modules whose
+    position embeddings are `eqvlp.nn` blocks (see `eqvlp.models.protocol`).
+    """
+    # models import masking: resolve at call time
+    from eqvlp.models.resize import image_grids, resize
+
+    config = getattr(getattr(model, "config", None), "vision", None)
+    if config is not None:  # a preset: its config knows the image size
+        if config.image_shape[:2] == as_pair(phase.image_size):
+            return model
+        return resize(model, image_size=phase.image_size)
+    before = image_grids(model)
+    resized = resize(model, image_size=phase.image_size)
+    return model if image_grids(resized) == before else resized

@@ -1,7 +1,9 @@
 """CLIPA text token reduction on tokenized captions `[BOS] content... [EOS] [PAD]...`.
 
 The jit-able reducers keep BOS, choose at most `length - 2` content tokens, then write EOS and
-padding, so EOS pooling still finds the end of the text:
+padding, so EOS pooling still finds the end of the text. The EOS id is always the model's (no
+default: eqvlp's tokenizer ends with 2, CLIP's with 49407); `TextMask.for_model(model)` reads it
+from the model, and the pad id (default 0, eqvlp's tokenizer) with it:
 
 - truncate: the first content tokens;
 - random: content tokens chosen uniformly at random, original order kept;
@@ -47,7 +49,7 @@ def _check_length(ids, length):
 
 
 def truncate_text(
-    ids: Int[Array, " seq"], length: int, *, eos_token_id: int = 2, pad_token_id: int = 0
+    ids: Int[Array, " seq"], length: int, *, eos_token_id: int, pad_token_id: int = 0
 ) -> Int[Array, " length"]:
     """The first `length - 2` content tokens."""
     _check_length(ids, length)
@@ -60,7 +62,7 @@ def random_text(
     key: PRNGKeyArray,
     length: int,
     *,
-    eos_token_id: int = 2,
+    eos_token_id: int,
     pad_token_id: int = 0,
 ) -> Int[Array, " length"]:
     """`length - 2` content tokens chosen uniformly at random, in their original order."""
@@ -77,7 +79,7 @@ def block_text(
     key: PRNGKeyArray,
     length: int,
     *,
-    eos_token_id: int = 2,
+    eos_token_id: int,
     pad_token_id: int = 0,
 ) -> Int[Array, " length"]:
     """`length - 2` consecutive content tokens starting at a uniformly random position."""
@@ -114,10 +116,18 @@ def syntax_reduce(
 
 @dataclasses.dataclass(frozen=True)
 class TextMask:
-    """Which text reduction to apply and the reduced length (BOS and EOS included)."""
+    """Which text reduction to apply, the reduced length (BOS and EOS included), and the ids it
+    writes.
+
+    `eos_token_id` must be the model's (`TextMask.for_model(model)` fills it, and the pad id,
+    from the model's config; eqvlp's train step does so itself): a wrong EOS id breaks EOS
+    pooling silently, so there is no default.
+    """
 
     kind: Literal["truncate", "random", "block", "syntax"] = "truncate"
     length: int = 32
+    eos_token_id: int | None = None
+    pad_token_id: int = 0
 
     def __post_init__(self):
         if self.kind not in ("truncate", "random", "block", "syntax"):
@@ -127,16 +137,25 @@ class TextMask:
         if self.length < 3:
             raise ValueError(f"text mask length must be >= 3, got {self.length}")
 
+    def for_model(self, model) -> "TextMask":
+        """This mask with the model's EOS and pad ids (`eqvlp.models.text_token_ids`)."""
+        # models import masking: resolve at call time
+        from eqvlp.models.protocol import text_token_ids
+
+        eos, pad = text_token_ids(model)
+        return dataclasses.replace(self, eos_token_id=eos, pad_token_id=pad)
+
     def __call__(
-        self,
-        ids: Int[Array, " seq"],
-        key: PRNGKeyArray | None = None,
-        *,
-        eos_token_id: int = 2,
-        pad_token_id: int = 0,
+        self, ids: Int[Array, " seq"], key: PRNGKeyArray | None = None
     ) -> Int[Array, " length"]:
         """Reduces one tokenized caption (for "syntax", tokenize `syntax_reduce`d text)."""
-        kw = dict(eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+        if self.eos_token_id is None:
+            raise ValueError(
+                "TextMask has no eos_token_id, and it must write the EOS your model pools at: "
+                "use mask.for_model(model), or TextMask(..., eos_token_id=ID) with your "
+                "tokenizer's EOS id"
+            )
+        kw = {"eos_token_id": self.eos_token_id, "pad_token_id": self.pad_token_id}
         if self.kind in ("truncate", "syntax"):
             # syntax reduction already happened on the words; only the length is enforced here
             return truncate_text(ids, self.length, **kw)

@@ -4,7 +4,12 @@ Every module works on ONE example (`(seq, dim)`, `(height, width, channels)`); b
 `jax.vmap`.
 """
 
-from eqvlp.nn.attention import MultiheadAttention, dot_product_attention
+from eqvlp.nn.attention import (
+    AttentionImpl,
+    MultiheadAttention,
+    dot_product_attention,
+    with_attention_impl,
+)
 from eqvlp.nn.conv_stem import ConvStem, conv_stem_widths
 from eqvlp.nn.block import TransformerBlock
 from eqvlp.nn.encoder import REMAT_POLICIES, Encoder
@@ -23,6 +28,7 @@ from eqvlp.nn.position import (
 
 __all__ = [
     "ACTIVATIONS",
+    "AttentionImpl",
     "ConvStem",
     "MLP",
     "POOLING_METHODS",
@@ -47,4 +53,5 @@ __all__ = [
     "resample_1d",
     "resample_grid",
     "sincos_2d",
+    "with_attention_impl",
 ]

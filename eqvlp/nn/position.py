@@ -1,7 +1,8 @@
 """Position embeddings: learned tables, fixed 2-D sin-cos, and resampling a learned grid.
 
-Both kinds add to a `(tokens, dim)` sequence whose first `num_prefix` tokens (e.g. a CLS
-token) precede a row-major grid of patches.
+Image embeddings add to a `(tokens, dim)` sequence whose first `num_prefix` tokens (e.g. a CLS
+token) precede a row-major grid of patches; a learned table without a grid is a text table.
+`eqvlp.models.resize` finds these blocks anywhere in a model and resizes them.
 """
 
 import equinox as eqx
@@ -77,34 +78,98 @@ def resample_1d(
 
 
 class LearnedPositionEmbedding(eqx.Module):
-    """A learned `(tokens, dim)` table added to the sequence."""
+    """A learned `(tokens, dim)` table added to the sequence, for text or for an image grid.
+
+    - Text (`grid=None`): a sequence shorter than the table takes its first rows, as
+      `TextTransformer` does (CLIPA's shorter captions need no resize); a longer one is an error.
+    - Image (`grid=(h, w)`, `num_prefix` CLS/register rows first): the sequence must match the
+      grid exactly; `resample` (or `eqvlp.models.resize`) moves the table to another grid.
+    """
 
     weight: Float[Array, "tokens dim"]
+    grid: tuple[int, int] | None = eqx.field(static=True)
+    num_prefix: int = eqx.field(static=True)
 
-    def __init__(self, num_tokens: int, dim: int, *, init_std: float = 0.02, key: PRNGKeyArray):
+    def __init__(
+        self,
+        num_tokens: int,
+        dim: int,
+        *,
+        grid: int | tuple[int, int] | None = None,
+        num_prefix: int = 0,
+        init_std: float = 0.02,
+        key: PRNGKeyArray,
+    ):
+        self.grid = None if grid is None else as_pair(grid)
+        self.num_prefix = num_prefix
+        if self.grid is not None and num_tokens != num_prefix + self.grid[0] * self.grid[1]:
+            h, w = self.grid
+            raise ValueError(
+                f"a position table for a {h}x{w} grid with {num_prefix} prefix tokens has "
+                f"{num_prefix + h * w} rows, got num_tokens={num_tokens}: pass "
+                f"num_tokens={num_prefix + h * w}"
+            )
         self.weight = init_std * jax.random.normal(key, (num_tokens, dim), jnp.float32)
 
     def __call__(self, x: Float[Array, "tokens dim"]) -> Float[Array, "tokens dim"]:
-        if x.shape[0] != self.weight.shape[0]:
+        n, table = x.shape[0], self.weight.shape[0]
+        if self.grid is not None and n != table:
+            h, w = self.grid
             raise ValueError(
-                f"sequence has {x.shape[0]} tokens but the position table has "
-                f"{self.weight.shape[0]}: resample it (resample_grid / LearnedPositionEmbedding."
-                "resample) or feed inputs of the trained size"
+                f"sequence has {n} tokens but the position table holds {self.num_prefix} prefix "
+                f"tokens and a {h}x{w} grid ({table}): feed images of the trained size, or "
+                "resample the grid (eqvlp.models.resize(model, image_size=...) or "
+                "LearnedPositionEmbedding.resample(new_grid=...))"
             )
-        return x + self.weight.astype(x.dtype)
+        if n > table:
+            raise ValueError(
+                f"sequence has {n} tokens but the text position table has {table}: truncate the "
+                f"ids to {table} tokens, or lengthen the table (eqvlp.models.resize(model, "
+                f"context_length={n}) or eqvlp.nn.resample_1d(weight, {n}))"
+            )
+        return x + self.weight[:n].astype(x.dtype)
 
     def resample(
         self,
-        old_grid: int | tuple[int, int],
-        new_grid: int | tuple[int, int],
+        old_grid: int | tuple[int, int] | None = None,
+        new_grid: int | tuple[int, int] | None = None,
         *,
-        num_prefix: int = 0,
+        num_prefix: int | None = None,
         method: str = "bilinear",
     ) -> "LearnedPositionEmbedding":
-        """A copy whose grid part is resampled from `old_grid` to `new_grid`."""
+        """A copy whose grid part is resampled from `old_grid` (default: its own) to `new_grid`.
+
+        For a text table (no grid) use `resample_1d` or `eqvlp.models.resize(context_length=)`.
+        """
+        old_grid = self.grid if old_grid is None else as_pair(old_grid)
+        num_prefix = self.num_prefix if num_prefix is None else num_prefix
+        if old_grid is None or new_grid is None:
+            raise ValueError(
+                "resample needs the old and new grids: this table has no grid (a text table: "
+                "slice it, or interpolate with eqvlp.nn.resample_1d / eqvlp.models.resize("
+                "context_length=...)); for an image table pass old_grid= and new_grid="
+            )
         table = resample_grid(
             self.weight, old_grid, new_grid, num_prefix=num_prefix, method=method
         )
+        out = eqx.tree_at(lambda m: m.weight, self, table)
+        if self.grid is not None:
+            object.__setattr__(out, "grid", as_pair(new_grid))
+        return out
+
+    def resize_text(self, length: int, *, method: str = "linear") -> "LearnedPositionEmbedding":
+        """A copy of a text table for sequences of `length`: interpolated (`"linear"`,
+        `"cubic"`, `"nearest"`) or, with `"slice"`, its first `length` rows."""
+        if self.grid is not None:
+            raise ValueError("this table holds an image grid: resample it with "
+                             "resample(new_grid=...) or eqvlp.models.resize(image_size=...)")
+        if method == "slice":
+            if length > self.weight.shape[0]:
+                raise ValueError(f"cannot slice {length} rows from a table of "
+                                 f"{self.weight.shape[0]}: interpolate (method='linear')")
+            table = self.weight[:length]
+        else:
+            table = resample_1d(self.weight, length, method=method)
         return eqx.tree_at(lambda m: m.weight, self, table)
 
 
@@ -131,7 +196,12 @@ class SinCosPositionEmbedding(eqx.Module):
         return x + table.astype(x.dtype)
 
     def resample(
-        self, old_grid: int | tuple[int, int], new_grid: int | tuple[int, int], **_: object
+        self,
+        old_grid: int | tuple[int, int] | None = None,
+        new_grid: int | tuple[int, int] | None = None,
+        **_: object,
     ) -> "SinCosPositionEmbedding":
         """Sin-cos embeddings are recomputed, not interpolated, for a new grid."""
+        if new_grid is None:
+            raise ValueError("resample needs new_grid=(rows, columns)")
         return SinCosPositionEmbedding(new_grid, self.dim, num_prefix=self.num_prefix)

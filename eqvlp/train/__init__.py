@@ -14,9 +14,11 @@
   per-example keys).
 - `TrainPhase`, `training_phases`: CLIPA's reduced and full-resolution phases of a run.
 - `make_train_step`, `sharded_train_step`, `contrastive_loss`: a plain sharded step for custom
-  loops.
+  loops (any model following `eqvlp.models.protocol`).
+- `checkpoint`: save / restore / latest_step of any pytree of arrays (tensorstore).
 """
 
+from eqvlp.train import checkpoint
 from eqvlp.train.accumulate import accumulated_value_and_grad, embed_in_micro_batches
 from eqvlp.train.clipa import TrainPhase, training_phases
 from eqvlp.train.config import TrainConfig, load_config, override
@@ -43,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "TrainPhase",
     "accumulated_value_and_grad",
+    "checkpoint",
     "contrastive_loss",
     "decay_mask",
     "ema_params",

@@ -77,7 +77,8 @@ def make_encoder(
     - `rendered_text`: text is rendered images (CLIPPO), not token ids.
     - `image_mask`: CLIPA patch masking of the images (and of rendered text); needs `key`
       in the batch.
-    - `text_mask`: CLIPA reduction of token ids (`TextMask`); its random kinds need `key`.
+    - `text_mask`: CLIPA reduction of token ids (`TextMask`); its random kinds need `key`. Its
+      EOS and pad ids come from the model (`TextMask.for_model`) unless the mask sets them.
 
     `trainable` is `{"model": model, ...}` (the heads beside it are used by the loss only).
     """
@@ -105,7 +106,10 @@ def make_encoder(
 
         def tokens(ids, k):
             if text_mask is not None:
-                ids = jax.vmap(text_mask)(ids, k) if k is not None else jax.vmap(text_mask)(ids)
+                # the EOS and pad ids are the model's, never a default
+                mask = text_mask if text_mask.eos_token_id is not None \
+                    else text_mask.for_model(model)
+                ids = jax.vmap(mask)(ids, k) if k is not None else jax.vmap(mask)(ids)
             return model.encode_text(ids)
 
         zimg = _over_views(images, batch["image"], image_keys, item_ndim=3)
