@@ -41,12 +41,21 @@ def run_demo(args: argparse.Namespace) -> None:
     import optax
 
     from eqvlp import models
-    from eqvlp.tokenizer import tokenize, train_tokenizer
+    from eqvlp.tokenizer import train_tokenizer
+    from eqvlp.train.loop import text_mode, text_preparer
 
+    if args.model not in models.PRESETS:
+        raise SystemExit(f"eqvlp demo: unknown --model {args.model!r}: use one of "
+                         f"{', '.join(sorted(models.PRESETS))}")
+    if args.steps < 0:
+        raise SystemExit(f"eqvlp demo: --steps must be >= 0, got {args.steps}")
     model = models.create(args.model, key=jax.random.key(args.seed))
     cfg = model.config
-    tokenizer = train_tokenizer(DEMO_CAPTIONS, vocab_size=min(300, cfg.text.vocab_size))
-    ids = jnp.asarray(tokenize(tokenizer, DEMO_CAPTIONS, context_length=cfg.text.context_length))
+    tokenizer = None
+    if text_mode(cfg) == "tokens":  # CLIPPO renders its captions instead
+        vocab = getattr(getattr(cfg, "text", None), "vocab_size", None) or cfg.vocab_size
+        tokenizer = train_tokenizer(DEMO_CAPTIONS, vocab_size=min(300, vocab))
+    ids = jnp.asarray(text_preparer(model, cfg, tokenizer)(list(DEMO_CAPTIONS)))
     images = jnp.asarray(demo_images(DEMO_CAPTIONS, cfg.vision.image_shape[0], args.seed))
     print(f"eqvlp demo: {args.model} on {len(DEMO_CAPTIONS)} generated image/caption pairs "
           f"({jax.devices()[0].platform})")
@@ -115,7 +124,11 @@ def run_render(args: argparse.Namespace) -> None:
         )
     except (ValueError, FileNotFoundError) as error:
         raise SystemExit(f"eqvlp render: {error}") from None
-    write_png(args.output, image)
+    try:
+        write_png(args.output, image)
+    except OSError as error:
+        raise SystemExit(f"eqvlp render: -o {args.output}: {error.strerror}" if error.strerror
+                         else f"eqvlp render: {error}") from None
     print(f"wrote {args.output}: {image.shape[0]}x{image.shape[1]} px, "
           f"{len(text)} characters ({font.num_glyphs} glyphs in {', '.join(font.paths)})")
 
@@ -143,7 +156,14 @@ def _start_jax(args: argparse.Namespace):
             )
         if jax.config.jax_platforms in (None, "", "cpu") and args.cpu_devices:
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        from eqvlp.train import processes
+
+        if args.distributed_timeout is not None:
+            processes.set_timeout(args.distributed_timeout)
+        try:
+            processes.initialize(coordinator, num_processes, process_id)
+        except ValueError as error:
+            raise SystemExit(f"eqvlp {args.command}: {error}") from None
     elif args.auto_distributed:
         jax.distributed.initialize()  # cluster auto-detection (SLURM, TPU pods, ...)
     return jax
@@ -207,9 +227,11 @@ def run_train(args: argparse.Namespace) -> None:
     # and the last committed checkpoint stays the resume point.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
-        results = train(cfg, log=log, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"eqvlp train: {error}") from None
+        results = train(cfg, log=log, progress=not args.no_progress,
+                        allow_config_change=args.allow_config_change)
+    except (ValueError, OSError) as error:  # OSError: unwritable, locked or unshared directories
+        raise SystemExit(f"eqvlp train: process {jax.process_index()}: {error}"
+                         if jax.process_count() > 1 else f"eqvlp train: {error}") from None
     log(results_table(results))
 
 
@@ -287,6 +309,22 @@ def _eval_model(args: argparse.Namespace):
     return model, model.config, text_preparer(model, model.config, tokenizer), norm, None
 
 
+def check_writable(path: str, flag: str) -> None:
+    """A file the command will write at the end, checked before the work: its directory exists
+    and is writable, and it is not a directory."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{flag} {path} is a directory: give a file name, e.g. {path / 'out.json'}")
+    parent = path.parent
+    if not parent.is_dir():
+        raise ValueError(f"{flag} {path}: directory {parent} does not exist (create it first)")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise ValueError(f"{flag} {path} is not writable: give a path you can write")
+
+
 def evaluate_from_args(args: argparse.Namespace) -> dict:
     """`eqvlp eval`: load the model, read the data, run the tasks, write --json."""
     import json
@@ -297,6 +335,8 @@ def evaluate_from_args(args: argparse.Namespace) -> dict:
     from eqvlp.eval import embed_images, few_shot, linear_probe, load_zeroshot_file
     from eqvlp.eval.evaluate import evaluate, load_eval_set
 
+    if args.json:
+        check_writable(args.json, "--json")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = set(tasks) - {"zeroshot", "retrieval", "probe", "fewshot"}
     if unknown:
@@ -403,6 +443,10 @@ def _distributed_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--auto-distributed", action="store_true")
     group.add_argument("--cpu-devices", dest="cpu_devices", type=int,
                        help="simulate this many CPU devices per process (testing)")
+    group.add_argument("--distributed-timeout", dest="distributed_timeout", type=float,
+                       metavar="SECONDS", help="how long a process waits for its peers at "
+                       "start-up and at checkpoint barriers before it stops with an error "
+                       "(default: $EQVLP_DISTRIBUTED_TIMEOUT or 600)")
 
 
 def _train_epilog() -> str:
@@ -451,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="print every config key with its type and default, then exit")
     train.add_argument("--no-progress", dest="no_progress", action="store_true",
                        help="no progress bar (logs still go to metrics.jsonl)")
+    train.add_argument("--allow-config-change", dest="allow_config_change",
+                       action="store_true", help="resume a checkpoint although it was written "
+                       "under another config (seed, model, loss, optimiser, data)")
     _distributed_flags(train)
     train.set_defaults(run=run_train)
 

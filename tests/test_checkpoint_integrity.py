@@ -162,3 +162,19 @@ def test_corrupt_or_truncated_safetensors_get_a_clear_error(tmp_path):
     (tmp_path / "model.safetensors.index.json").write_text("{")
     with pytest.raises(ValueError, match="index.json is damaged"):
         read_checkpoint_dir(tmp_path)
+
+
+def test_reliability_page_save_restore_example_runs():
+    """docs/reliability.md's python blocks (those above the validation table) run as written."""
+    import re
+
+    from doc_pages import DOCS
+
+    text = (DOCS / "reliability.md").read_text().split("## What is validated where")[0]
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    assert blocks, "docs/reliability.md lost its save/restore example"
+    namespace: dict = {}
+    with jax.numpy_dtype_promotion("standard"):  # doc code is user code
+        for block in blocks:
+            exec(compile(block, "reliability.md", "exec"), namespace)
+    assert namespace["extra"]["note"] == "any JSON values"

@@ -66,3 +66,24 @@ def test_two_processes_train_like_one_on_disjoint_samples(tmp_path):
     results = json.loads((tmp_path / "multi" / "results.json").read_text())
     alone_results = json.loads((tmp_path / "single" / "results.json").read_text())
     assert results["processes"] == 2 and abs(results["i2t_r1"] - alone_results["i2t_r1"]) < 1e-6
+
+
+def test_a_missing_peer_and_an_unshared_run_directory_end_with_clear_errors(tmp_path):
+    """No hang: process 0 alone gives up after --distributed-timeout; two processes whose run
+    directories differ (not a shared filesystem) stop before step 1, naming the process."""
+    timeout = ["--distributed-timeout", "30"]
+    lonely_port, port = free_port(), free_port()
+    lonely = launch(tmp_path / "lonely", "shapes", [
+        "--cpu-devices", "1", "--num-processes", "2", "--process-id", "0",
+        "--coordinator", f"localhost:{lonely_port}", *timeout])
+    split = [launch(tmp_path / f"local_{i}", "shapes", [
+        "--cpu-devices", "1", "--num-processes", "2", "--process-id", str(i),
+        "--coordinator", f"localhost:{port}", *timeout]) for i in range(2)]
+    output, _ = lonely.communicate(timeout=300)
+    assert lonely.returncode != 0
+    assert "process 0 of 2: not every process joined within 30 s" in output, output[-3000:]
+    for i, proc in enumerate(split):
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode != 0, output[-3000:]
+        assert f"eqvlp train: process {i}: run directory" in output, output[-3000:]
+        assert "is not shared between processes: process(es) [1] cannot see" in output

@@ -25,7 +25,6 @@ import json
 import operator
 import os
 import re
-import secrets
 import shutil
 import warnings
 import zlib
@@ -146,14 +145,11 @@ def save(directory: str | os.PathLike, step: int | np.integer, tree: PyTree, ext
             + (f"step {latest} stays the latest checkpoint" if latest is not None else
                "no checkpoint was saved") + ". The run diverged: lower optim.lr, clip gradients "
             "(optim.clip_norm) or keep optim.skip_nonfinite on")
-    nonce = None
     if jax.process_index() == 0:
         if tmp.exists():
             shutil.rmtree(tmp)  # a save that was killed earlier
         (tmp / "arrays").mkdir(parents=True)
-        nonce = secrets.token_hex(8)
-        (tmp / "WRITER").write_text(nonce)
-    _check_shared(tmp, processes.broadcast(f"ckpt-{step}-nonce", nonce), step)
+    processes.check_shared(tmp, "checkpoint directory")
     for name, leaf in leaves:
         if jax.process_index() == 0:
             chunks = leaf.sharding.shard_shape(leaf.shape)
@@ -183,24 +179,6 @@ def save(directory: str | os.PathLike, step: int | np.integer, tree: PyTree, ext
         os.replace(tmp, final)  # the commit point: atomic on one filesystem
     processes.sync(f"eqvlp-ckpt-committed-{step}", f"checkpoint {step}: commit")
     return final
-
-
-def _check_shared(tmp: Path, nonce: str, step: int) -> None:
-    """Every process must see the directory process 0 just made: a checkpoint directory on a
-    disk local to each host would otherwise hang or split the checkpoint."""
-    if jax.process_count() == 1:
-        return
-    try:
-        seen = (tmp / "WRITER").read_text()
-    except OSError:
-        seen = None
-    problem = None if seen == nonce else f"does not see {tmp}"
-    missing = processes.agree(f"ckpt-{step}-shared", problem)
-    if missing:
-        raise OSError(
-            f"checkpoint directory {tmp.parent} is not shared between processes: process(es) "
-            f"{sorted(missing)} cannot see what process 0 wrote there. Put the run directory "
-            "(--workdir) on a filesystem every process mounts at the same path")
 
 
 def committed_steps(directory: str | os.PathLike) -> list[int]:

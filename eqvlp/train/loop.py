@@ -12,6 +12,7 @@ per-example keys), `clipa` (the two phases), `rocket` (clip-rocket's heads and l
 import dataclasses
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -33,9 +34,10 @@ from eqvlp.eval.evaluate import evaluate, load_eval_set
 from eqvlp.models.clippo import CLIPPOConfig
 from eqvlp.train import checkpoint
 from eqvlp.train.clipa import TrainPhase, phase_at, resize_state, training_phases
-from eqvlp.train.config import EvalConfig, TrainConfig, finalize, to_json
+from eqvlp.train.config import EvalConfig, TrainConfig, dotted_fields, finalize, to_json
 from eqvlp.train.cotraining import mix_batch, text_pairs
 from eqvlp.train.encode import make_encoder
+from eqvlp.train.lock import RunLock
 from eqvlp.train.optim import SkipNonfiniteState, learning_rate
 from eqvlp.train.state import (
     HEADS_REPLICATED,
@@ -137,20 +139,157 @@ def skipped_steps(opt_state) -> int:
     return int(opt_state.skipped) if isinstance(opt_state, SkipNonfiniteState) else 0
 
 
-def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
+# What a resumed run may change: where and how often it reports, how long it runs, how it is
+# laid out on devices and fed. Everything else decides what the checkpointed state means.
+RESUMABLE_KEYS = ("workdir", "steps", "checkpoint_every", "keep_checkpoints", "log_every",
+                  "log_samples", "remat", "tokenizer", "data.workers", "data.worker_buffer",
+                  "data.cache_dir")
+RESUMABLE_PREFIXES = ("eval.", "mesh.")
+DERIVED_KEYS = ("data.seed", "data.batch_size")  # copies of seed and batch_size (finalize)
+
+
+def fingerprint(cfg: TrainConfig) -> dict:
+    """The config keys (dotted) and values a checkpoint's state depends on: the model, data,
+    loss, optimiser, seed, batch and CLIPA settings. Saved with every checkpoint."""
+    full = dataclasses.replace(cfg, model=cfg.model_config())
+    out = {}
+    for key, value in dotted_fields(full).items():
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            continue
+        if key in RESUMABLE_KEYS + DERIVED_KEYS or key.startswith(RESUMABLE_PREFIXES) or \
+                key.endswith(".remat"):
+            continue
+        out[key] = json.loads(json.dumps(to_json(value), default=repr))
+    return out
+
+
+def check_resume(cfg: TrainConfig, extra: dict, step: int, ckpt_dir: Path,
+                 allow_config_change: bool) -> None:
+    """Refuses a checkpoint written under another config (another seed, model, loss, ...)."""
+    saved = extra.get("fingerprint")
+    if saved is None or allow_config_change:
+        return
+    now = fingerprint(cfg)
+    changed = sorted(k for k in saved.keys() | now.keys() if saved.get(k, "-") != now.get(k, "-"))
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k, '-')!r} -> {now.get(k, '-')!r}"
+                          for k in changed[:6]) + ("; ..." if len(changed) > 6 else "")
+        raise ValueError(
+            f"checkpoint step {step} in {ckpt_dir} was written by a run with another config "
+            f"({shown}): resuming would mix two runs. Give this run another --workdir, or pass "
+            "--allow-config-change (train(..., allow_config_change=True)) to resume anyway")
+
+
+def check_run(cfg: TrainConfig) -> None:
+    """Clear errors for run settings the loop cannot honour, before any work."""
+    for key in ("checkpoint_every", "log_every"):
+        if getattr(cfg, key) < 1:
+            raise ValueError(f"{key} must be >= 1 step, got {getattr(cfg, key)} (the last step "
+                             f"is always logged and checkpointed: set {key}={cfg.steps} for "
+                             "only that)")
+    if cfg.eval.every < 0:
+        raise ValueError(f"eval.every must be >= 0 (0: only at the end), got {cfg.eval.every}")
+
+
+def prepare_run_directory(workdir: Path) -> Path:
+    """Creates `workdir/checkpoints/` and proves it writable and shared by every process, so
+    that a bad directory fails before step 1, not at the first checkpoint. Returns it."""
+    ckpt_dir = workdir / "checkpoints"
+    try:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        probe = ckpt_dir / f".write-test-{os.getpid()}-{jax.process_index()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise OSError(f"run directory {workdir} is not writable ({error.strerror or error}"
+                      f"{': ' + str(error.filename) if error.filename else ''}): give another "
+                      "--workdir") from None
+    from eqvlp.train import processes
+
+    processes.check_shared(ckpt_dir, "run directory")
+    return ckpt_dir
+
+
+def resume_point(cfg: TrainConfig, ckpt_dir: Path, allow_config_change: bool) -> int:
+    """The newest checkpoint step whose metadata is intact and whose config matches (0: none);
+    a step past `cfg.steps` is an error (the run already went further)."""
+    for step in reversed(checkpoint.committed_steps(ckpt_dir)):
+        try:
+            extra = checkpoint.read_metadata(ckpt_dir, step)["extra"]
+        except checkpoint.CheckpointError:
+            continue  # `_restore` reports it and sets it aside
+        check_resume(cfg, extra, step, ckpt_dir, allow_config_change)
+        if step > cfg.steps:
+            raise ValueError(f"{ckpt_dir} holds a checkpoint at step {step}, past steps="
+                             f"{cfg.steps}: give --steps >= {step} to continue the run, or "
+                             f"evaluate it with eqvlp eval --checkpoint {ckpt_dir.parent}")
+        return step
+    return 0
+
+
+def train(cfg: TrainConfig, *, log=print, progress: bool = True,
+          allow_config_change: bool = False) -> dict:
     """Runs (or resumes) `cfg` in `cfg.workdir` and returns the results also written to
     `workdir/results.json`.
 
     With CLIPA (`cfg.clipa.fraction` > 0) the run has two phases (`eqvlp.train.clipa`): at the
     change the model is resized, the optimiser state carried over, a new step jitted and the
     data continued at full size; a checkpoint's step decides the phase it is restored into.
+
+    The run holds `workdir/LOCK` while it runs (a second run on the same directory stops with
+    an error); it resumes from the newest intact checkpoint (damaged ones are set aside as
+    `step_N.damaged`, with a warning) and refuses one written under another config unless
+    `allow_config_change`. A run already at `cfg.steps` returns its `results.json`.
     """
     cfg = finalize(cfg)
+    check_run(cfg)
     main_process = jax.process_index() == 0
     log = log if main_process else _quiet
     workdir = Path(cfg.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = workdir / "checkpoints"
+    ckpt_dir = prepare_run_directory(workdir)
+    with RunLock(workdir, log=log):
+        return _train(cfg, workdir, ckpt_dir, log=log, progress=progress,
+                      allow_config_change=allow_config_change)
+
+
+def _restore(cfg: TrainConfig, ckpt_dir: Path, phases, rules, mesh, log):
+    """`(start, phase, state, optimizer, data_state)` from the newest intact checkpoint (step
+    0 and a new state when there is none). Damaged checkpoints are set aside once an intact one
+    is found; with none intact the run stops."""
+    damaged: list[tuple[int, str]] = []
+    for step in checkpoint.committed_steps(ckpt_dir)[::-1] or [0]:
+        phase = phase_at(phases, max(step - 1, 0))
+        state, optimizer = with_optimizer(init_state(cfg, phase.model_config, rules, mesh), cfg,
+                                          rules, mesh)
+        if not step:
+            return 0, phase, state, optimizer, None
+        arrays, static = eqx.partition(state, eqx.is_array)
+        try:
+            arrays, _ = checkpoint.restore(ckpt_dir, arrays, step=step)
+            data_state = (checkpoint.read_local(ckpt_dir, step) or {}).get("data")
+        except checkpoint.CheckpointError as error:
+            log(f"warning: checkpoint step {step} is damaged, trying an older one: {error}")
+            damaged.append((step, str(error)))
+            continue
+        for bad, _ in damaged:
+            moved = checkpoint.set_aside(ckpt_dir, bad)
+            log(f"warning: set the damaged checkpoint aside as {moved}")
+        log(f"resumed from step {step} ({ckpt_dir})")
+        return step, phase, eqx.combine(arrays, static), optimizer, data_state
+    raise checkpoint.CheckpointError(
+        f"no intact checkpoint in {ckpt_dir} ({len(damaged)} damaged: "
+        + "; ".join(f"step {s}: {e}" for s, e in damaged) + "): move them away to start the "
+        "run afresh, or restore the directory from a backup")
+
+
+def _train(cfg: TrainConfig, workdir: Path, ckpt_dir: Path, *, log, progress: bool,
+           allow_config_change: bool) -> dict:
+    main_process = jax.process_index() == 0
+    start = resume_point(cfg, ckpt_dir, allow_config_change)
+    if start == cfg.steps and (workdir / "results.json").exists():
+        log(f"the run in {workdir} already finished its {cfg.steps} steps: its results.json "
+            "is below (give a larger --steps to train on)")
+        return json.loads((workdir / "results.json").read_text())
     if main_process:  # what `load_run` and `eqvlp eval --checkpoint` rebuild the run from
         (workdir / "config.json").write_text(json.dumps(to_json(cfg), indent=1))
 
@@ -165,18 +304,9 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
     schedule = learning_rate(cfg.optim, cfg.steps)
 
     # A checkpoint after `start` steps has the shapes of the phase that trained its last step.
-    start = checkpoint.latest_step(ckpt_dir) or 0
-    phase = phase_at(phases, max(start - 1, 0))
-    state, optimizer = with_optimizer(init_state(cfg, phase.model_config, rules, mesh), cfg,
-                                      rules, mesh)
-    data_state = None
-    if start:
-        arrays, static = eqx.partition(state, eqx.is_array)
-        arrays, _ = checkpoint.restore(ckpt_dir, arrays,
-                                       jax.tree.map(lambda x: x.sharding, arrays), step=start)
-        state = eqx.combine(arrays, static)
-        data_state = (checkpoint.read_local(ckpt_dir, start) or {}).get("data")
-        log(f"resumed from step {start} ({ckpt_dir})")
+    start, phase, state, optimizer, data_state = _restore(cfg, ckpt_dir, phases, rules, mesh,
+                                                          log)
+    saved_with = {"fingerprint": fingerprint(cfg)}
     loader = Loader(phase.data, tokenizer=tokenizer, state=data_state)
 
     mean_std = normalization(cfg.normalization)
@@ -308,9 +438,11 @@ def train(cfg: TrainConfig, *, log=print, progress: bool = True) -> dict:
                     log(f"step {done}: " + ", ".join(f"{k} {v:.3f}" for k, v in results_eval.items()
                                                      if isinstance(v, float)))
                 if done % cfg.checkpoint_every == 0 or done == cfg.steps:
-                    checkpoint.save(ckpt_dir, done, arrays, {"step": done},
+                    checkpoint.save(ckpt_dir, done, arrays, {"step": done, **saved_with},
                                     local={"data": loader.state()})
                     checkpoint.prune(ckpt_dir, cfg.keep_checkpoints)
+            if start >= cfg.steps and tasks:  # finished, but results.json was never written
+                results_eval = run_eval()
     except BaseException:  # an error, Ctrl-C or SIGTERM: no worker process outlives the run
         loader.close()
         raise

@@ -75,7 +75,9 @@ def initialize(coordinator: str, num_processes: int, process_id: int,
 
 
 def _client():
-    from jax._src import distributed  # the coordination-service client; no public handle yet
+    from jax._src import (
+        distributed,  # the coordination-service client; no public handle yet
+    )
 
     return getattr(distributed.global_state, "client", None)
 
@@ -100,7 +102,7 @@ def sync(name: str, what: str, timeout_s: float | None = None) -> None:
         return
     try:
         client.wait_at_barrier(f"{name}#{next(_counter)}", int(timeout_s * 1000))
-    except Exception as error:  # XLA's JaxRuntimeError: DEADLINE_EXCEEDED / a failed barrier
+    except jax.errors.JaxRuntimeError as error:  # DEADLINE_EXCEEDED, or a failed barrier
         late = _late_processes(str(error))
         who = f"process(es) {late}" if late else "some process"
         raise TimeoutError(
@@ -134,6 +136,35 @@ def agree(name: str, problem: str | None, timeout_s: float | None = None) -> dic
     return dict(sorted(found.items()))
 
 
+def check_shared(directory, what: str) -> None:
+    """Raises `OSError` on every process unless all of them see the same `directory` (a run
+    or checkpoint directory on a disk local to each host would split or hang the run)."""
+    if jax.process_count() == 1:
+        return
+    import secrets
+    from pathlib import Path
+
+    probe, nonce = None, None
+    if jax.process_index() == 0:
+        nonce = secrets.token_hex(8)
+        probe = Path(directory) / f".eqvlp-shared-{nonce}"
+        probe.write_text(nonce)
+    nonce = broadcast(f"shared-{what}", nonce)
+    path = Path(directory) / f".eqvlp-shared-{nonce}"
+    try:
+        seen = path.read_text() == nonce
+    except OSError:
+        seen = False
+    missing = agree(f"shared-{what}", None if seen else f"does not see {path}")
+    if probe is not None:
+        probe.unlink(missing_ok=True)
+    if missing:
+        raise OSError(
+            f"{what} {directory} is not shared between processes: process(es) "
+            f"{sorted(missing)} cannot see what process 0 wrote there. Put the run directory "
+            "(--workdir) on a filesystem every process mounts at the same path")
+
+
 def broadcast(name: str, value: str | None, timeout_s: float | None = None) -> str:
     """Process 0's `value` (a string) on every process."""
     if jax.process_count() == 1:
@@ -147,6 +178,6 @@ def broadcast(name: str, value: str | None, timeout_s: float | None = None) -> s
         client.key_value_set(key, value or "")
     try:
         return client.blocking_key_value_get(key, int(timeout_s * 1000))
-    except Exception:
+    except jax.errors.JaxRuntimeError:
         raise TimeoutError(f"process {jax.process_index()}: process 0 did not publish '{name}' "
                            f"within {timeout_s:g} s (crashed or stuck): see its log") from None

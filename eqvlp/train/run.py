@@ -4,6 +4,7 @@
 """
 
 import json
+import warnings
 from pathlib import Path
 
 import equinox as eqx
@@ -42,19 +43,30 @@ def load_run(run: str | Path, *, step: int | None = None, ema: bool = False):
     if ema and cfg.optim.ema_decay is None:
         raise ValueError(f"run {run} kept no EMA weights (optim.ema_decay was not set)")
     ckpt_dir = Path(run) / "checkpoints"
-    latest = checkpoint.latest_step(ckpt_dir)
-    if latest is None:
+    steps = checkpoint.committed_steps(ckpt_dir)[::-1] if step is None else [step]
+    if not steps:
         raise FileNotFoundError(f"run {run} has no committed checkpoint in {ckpt_dir}")
-    # a checkpoint taken in CLIPA's reduced phase holds the model at that phase's image size
-    model_config = checkpoint_model_config(cfg, latest if step is None else step)
-    model_class = models.presets.MODEL_CLASSES[type(model_config)]
-    model = model_class(model_config, key=jax.random.key(cfg.seed))
     name = "ema" if ema else "model"
-    arrays, static = eqx.partition(model, eqx.is_array)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    # the checkpoint holds {"model", "opt_state", ["ema"]}: read only the weights asked for
-    restored, _ = checkpoint.restore(ckpt_dir, {name: arrays},
-                                     {name: jax.tree.map(lambda _: device, arrays)}, step=step)
+    problems = []
+    for candidate in steps:  # newest first: a damaged checkpoint falls back to an older one
+        # a checkpoint taken in CLIPA's reduced phase holds the model at that phase's image size
+        model_config = checkpoint_model_config(cfg, candidate)
+        model_class = models.presets.MODEL_CLASSES[type(model_config)]
+        model = model_class(model_config, key=jax.random.key(cfg.seed))
+        arrays, static = eqx.partition(model, eqx.is_array)
+        try:
+            # the checkpoint holds {"model", "opt_state", ["ema"]}: read only the weights asked for
+            restored, _ = checkpoint.restore(ckpt_dir, {name: arrays}, step=candidate)
+            break
+        except checkpoint.CheckpointError as error:
+            if step is not None:
+                raise
+            problems.append(str(error))
+            warnings.warn(f"checkpoint step {candidate} of {run} is damaged, trying an older "
+                          f"one: {error}", stacklevel=2)
+    else:
+        raise checkpoint.CheckpointError(f"run {run} has no intact checkpoint: "
+                                         + "; ".join(problems))
     model = eqx.combine(restored[name], static)
     tokenizer = None
     if (Path(run) / "tokenizer.json").exists():
