@@ -7,7 +7,6 @@ LayerNorm eps and token ids from the config (with transformers' defaults where a
 leaves them out).
 """
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eqvlp.config_checks import replace
 from eqvlp.convert.safetensors import read_checkpoint_dir
 from eqvlp.models import CLIP, CLIPConfig, TextConfig, ViTConfig
 
@@ -254,6 +254,6 @@ def from_transformers(source: Any, **overrides) -> CLIP:
     `get_text_features`.
     """
     config, tensors = _read(source)
-    cfg = dataclasses.replace(_build_config(config, tensors), **overrides)
+    cfg = replace(_build_config(config, tensors), "from_transformers", **overrides)
     skeleton = jax.eval_shape(lambda: CLIP(cfg, key=jax.random.key(0)))
     return _fill(skeleton, _arrays(cfg, tensors))

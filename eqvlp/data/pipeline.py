@@ -23,6 +23,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import grain
 import numpy as np
 
+from eqvlp.config_checks import check_fields
 from eqvlp.data.shards import ShardSource
 from eqvlp.data.shapes import Shapes, ShapesConfig
 from eqvlp.data.text_augment import TextAugment, augment_text
@@ -84,8 +85,7 @@ class DataConfig:
     cache_dir: str | None = None
 
     def __post_init__(self):
-        if self.text not in ("tokens", "render", "raw"):
-            raise ValueError(f"DataConfig.text={self.text!r}: use 'tokens', 'render' or 'raw'")
+        check_fields(self)
         if self.views < 1:
             raise ValueError(f"DataConfig.views must be >= 1, got {self.views}")
         if self.batch_size < 1:

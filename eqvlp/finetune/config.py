@@ -8,6 +8,7 @@ import dataclasses
 from typing import Literal
 
 from eqvlp import models
+from eqvlp.config_checks import check_fields
 from eqvlp.data.shapes import SPLITS, ZEROSHOT_TASKS
 from eqvlp.finetune.tasks import TASKS
 from eqvlp.models.presets import ModelConfig
@@ -34,10 +35,7 @@ class FusedConfig:
     position: Literal["top", "bottom"] = "top"
 
     def __post_init__(self):
-        if self.fusion not in ("auto", "band", "concat"):
-            raise ValueError(f"fused.fusion={self.fusion!r}: use auto, band or concat")
-        if self.position not in ("top", "bottom"):
-            raise ValueError(f"fused.position={self.position!r}: use top or bottom")
+        check_fields(self)
         if self.band_height < 1:
             raise ValueError(f"fused.band_height must be >= 1, got {self.band_height}")
 
@@ -106,10 +104,9 @@ class FinetuneConfig:
     log_every: int = 10
 
     def __post_init__(self):
+        check_fields(self)
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}: use one of {', '.join(TASKS)}")
-        if self.mode not in ("full", "linear"):
-            raise ValueError(f"mode={self.mode!r}: use full (whole model) or linear (head only)")
         if not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}: 1 turns "
                              "it off, 0.65-0.85 is usual")

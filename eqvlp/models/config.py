@@ -1,15 +1,26 @@
 """Frozen dataclass configs for the towers and two-tower models, with named presets.
 
-Configs are plain data: `dataclasses.replace(cfg, depth=6)` makes a variant.
+Configs are plain data: `dataclasses.replace(cfg, depth=6)` makes a variant. Each checks its
+fields when built (`eqvlp.config_checks.check_fields`: every `Literal` field holds one of its
+values, NumPy integers become ints) and its sizes, so a typo fails here, not as another model.
 """
 
 import dataclasses
 import math
 from typing import Literal
 
+from eqvlp.config_checks import check_fields
 from eqvlp.models.settings import ContrastiveSettings
 from eqvlp.nn.conv_stem import conv_stem_widths
 from eqvlp.nn.patch_embedding import as_pair, patch_grid
+
+
+def check_sizes(config, *names: str) -> None:
+    """Raises a clear error unless each named field is an int >= 1."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{type(config).__name__}.{name} must be an int >= 1, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,15 +54,15 @@ class ViTConfig:
     attention_impl: str | None = None  # None, "xla", "cudnn", "pallas": eqvlp.kernels.attention
 
     def __post_init__(self):
+        check_fields(self)
         patch_grid(self.image_size, self.patch_size)  # raises a clear error if it does not divide
+        check_sizes(self, "width", "depth", "num_heads", "mlp_dim")
+        if self.projection_dim is not None:
+            check_sizes(self, "projection_dim")
         if self.pooling == "cls" and not self.class_token:
             raise ValueError("pooling='cls' needs class_token=True: set it, or pool with 'gap'/'map'")
-        if self.stem not in ("patch", "conv"):
-            raise ValueError(f"unknown image stem {self.stem!r}: use 'patch' or 'conv'")
         if self.stem == "conv":
             conv_stem_widths(self.patch_size, self.width, self.stem_widths)
-        if self.pooling not in ("cls", "gap", "map"):
-            raise ValueError(f"unknown image pooling {self.pooling!r}: use 'cls', 'gap' or 'map'")
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -101,8 +112,9 @@ class ViTConfig:
 class TextConfig:
     """A text transformer tower: token + learned position embeddings, encoder, final LN, pool.
 
-    `pooling="eos"` takes the first `eos_token_id` position (HF CLIP); `"argmax"` the largest
-    id (OpenAI CLIP); `"last"` the final position (SigLIP).
+    `pooling="eos"` takes the first `eos_token_id` position, position 0 when a sequence has
+    none (HF CLIP, exactly); `"argmax"` the largest id (OpenAI CLIP); `"last"` the final
+    position (SigLIP).
     """
 
     vocab_size: int = 49408
@@ -122,13 +134,17 @@ class TextConfig:
     attention_impl: str | None = None  # None, "xla", "cudnn", "pallas": eqvlp.kernels.attention
 
     def __post_init__(self):
-        if self.pooling not in ("eos", "argmax", "last", "first", "mean"):
-            raise ValueError(
-                f"unknown text pooling {self.pooling!r}: use 'eos', 'argmax', 'last', "
-                "'first' or 'mean'"
-            )
+        check_fields(self)
+        check_sizes(self, "vocab_size", "context_length", "width", "depth", "num_heads", "mlp_dim")
+        if self.projection_dim is not None:
+            check_sizes(self, "projection_dim")
         if self.pooling == "eos" and self.eos_token_id is None:
             raise ValueError("pooling='eos' needs eos_token_id: set it, or pool with 'argmax'")
+        if self.pooling == "eos" and not 0 <= self.eos_token_id < self.vocab_size:
+            raise ValueError(
+                f"eos_token_id={self.eos_token_id} is not an id of the {self.vocab_size}-token "
+                "vocabulary: use your tokenizer's end-of-text id, or a larger vocab_size"
+            )
 
     @property
     def output_dim(self) -> int:

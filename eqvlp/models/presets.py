@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from jaxtyping import PRNGKeyArray
 
+from eqvlp.config_checks import replace
+
 from eqvlp.models.clip import CLIP
 from eqvlp.models.clippo import CLIPPO, CLIPPOConfig
 from eqvlp.models.config import CLIPConfig, TextConfig, ViTConfig
@@ -88,8 +90,9 @@ def config(name: str) -> ModelConfig:
 def create(name: str, *, key: PRNGKeyArray, **overrides) -> Model:
     """Builds a named preset, e.g. `create("clip-vit-b16", key=key, dtype="bfloat16")`.
 
-    `overrides` replace top-level config fields (`dtype`, `vision`, `text`, `loss`, ...).
+    `overrides` replace top-level config fields (`dtype`, `vision`, `text`, `loss`, ...); an
+    unknown one is an error listing the preset's fields.
     CLIP/SigLIP presets build a `CLIP`, `clippo-*` a `CLIPPO`, `onetower-*` a `OneTowerCLIP`.
     """
-    cfg = dataclasses.replace(config(name), **overrides)
+    cfg = replace(config(name), f"create({name!r})", **overrides)
     return MODEL_CLASSES[type(cfg)](cfg, key=key)

@@ -4,6 +4,8 @@ import dataclasses
 import math
 from typing import Literal
 
+from eqvlp.config_checks import check_fields
+
 
 @dataclasses.dataclass(frozen=True)
 class ContrastiveSettings:
@@ -21,10 +23,19 @@ class ContrastiveSettings:
     dtype: Literal["float32", "bfloat16"] = "float32"
 
     def __post_init__(self):
-        if self.loss not in ("softmax", "sigmoid"):
-            raise ValueError(f"unknown loss {self.loss!r}: use 'softmax' or 'sigmoid'")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"unknown compute dtype {self.dtype!r}: use 'float32' or 'bfloat16'")
+        check_fields(self)
+        name = type(self).__name__
+        if self.max_logit_scale is not None and not (
+            math.isfinite(self.max_logit_scale) and self.max_logit_scale > 0
+        ):
+            raise ValueError(
+                f"{name}.max_logit_scale={self.max_logit_scale!r}: the clamp on the logit "
+                "multiplier must be a positive number (CLIP: 100), or None for no clamp"
+            )
+        for field in ("logit_scale_init", "logit_bias_init"):
+            value = getattr(self, field)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{name}.{field}={value!r} must be a finite number or None")
 
     @property
     def embed_dim(self) -> int:

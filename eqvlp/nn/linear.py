@@ -6,6 +6,7 @@ We keep our own `Linear` (weight stored as `(in, out)`) instead of `eqx.nn.Linea
 """
 
 import math
+import operator
 
 import equinox as eqx
 import jax
@@ -33,6 +34,8 @@ class Linear(eqx.Module):
         init_std: float | None = None,
         key: PRNGKeyArray,
     ):
+        in_features = _size("in_features", in_features)
+        out_features = _size("out_features", out_features)
         std = init_std if init_std is not None else 1.0 / math.sqrt(in_features)
         self.weight = std * jax.random.truncated_normal(
             key, -2.0, 2.0, (in_features, out_features), jnp.float32
@@ -53,6 +56,17 @@ class Linear(eqx.Module):
         if self.bias is not None:
             y = y + self.bias.astype(x.dtype)
         return y
+
+
+def _size(name: str, value) -> int:
+    """A layer width as a Python int (NumPy integers welcome), at least 1."""
+    try:
+        size = operator.index(value)
+    except TypeError:
+        raise TypeError(f"Linear: {name} must be an int, got {value!r}") from None
+    if size < 1:
+        raise ValueError(f"Linear: {name} must be >= 1, got {size}")
+    return size
 
 
 class LayerNorm(eqx.Module):

@@ -1,22 +1,42 @@
 """Cutting an image into non-overlapping patches and projecting each to the model width."""
 
 import equinox as eqx
+import numpy as np
 from einops import rearrange
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from eqvlp.nn.linear import Linear
 
 
-def as_pair(value: int | tuple[int, int]) -> tuple[int, int]:
-    """`16 -> (16, 16)`; a pair stays a pair."""
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+# A size: a Python or NumPy integer, or a (height, width) pair of them.
+Size = int | np.integer | tuple[int | np.integer, int | np.integer]
 
 
-def patch_grid(
-    image_size: int | tuple[int, int], patch_size: int | tuple[int, int]
-) -> tuple[int, int]:
+def as_pair(value: Size, what: str = "size") -> tuple[int, int]:
+    """`16 -> (16, 16)`; a pair stays a pair. Python or NumPy integers, each >= 1.
+
+    `what` names the value in the error (`"patch_size"`, `"grid window"`, ...).
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        pair = (int(value), int(value))
+    else:
+        try:
+            items = tuple(value)
+        except TypeError:
+            items = ()
+        if len(items) != 2 or not all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in items
+        ):
+            raise ValueError(f"{what} must be an int or a (height, width) pair of ints, got {value!r}")
+        pair = (int(items[0]), int(items[1]))
+    if min(pair) < 1:
+        raise ValueError(f"{what} must be >= 1 on both sides, got {value!r}")
+    return pair
+
+
+def patch_grid(image_size: Size, patch_size: Size) -> tuple[int, int]:
     """Number of patches along (height, width); the sides must divide by the patch size."""
-    (h, w), (ph, pw) = as_pair(image_size), as_pair(patch_size)
+    (h, w), (ph, pw) = as_pair(image_size, "image_size"), as_pair(patch_size, "patch_size")
     if h % ph or w % pw:
         raise ValueError(
             f"image of height {h} and width {w} does not split into {ph}x{pw} patches: "

@@ -29,6 +29,7 @@ from typing import Literal
 import numpy as np
 from jaxtyping import UInt8
 
+from eqvlp.config_checks import check_fields
 from eqvlp.render.unifont import GlyphTable, load_unifont
 
 Texts = str | bytes | Sequence[str | bytes]
@@ -52,6 +53,7 @@ class RenderConfig:
     wrap: Literal["char", "word"] = "char"
 
     def __post_init__(self):
+        check_fields(self)
         if self.font_size < 1:
             raise ValueError(
                 f"font_size must be >= 1, got {self.font_size}: use 16 (Unifont's size)"
@@ -67,13 +69,19 @@ class RenderConfig:
                 f"spacing and min_width must be >= 0, got {self.spacing} and {self.min_width}: "
                 "big_vision uses spacing=1, min_width=4"
             )
-        if self.wrap not in ("char", "word"):
-            raise ValueError(f"unknown wrap {self.wrap!r}: use 'char' (big_vision) or 'word'")
 
 
 def image_hw(image_size: int | tuple[int, int], font_size: int) -> tuple[int, int]:
     """`(height, width)` of the rendered image, checked against the font size."""
-    h, w = (image_size, image_size) if isinstance(image_size, int) else map(int, image_size)
+    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
+        h = w = int(image_size)
+    else:
+        try:
+            h, w = (int(s) for s in image_size)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"image_size must be an int or a (height, width) pair, got {image_size!r}"
+            ) from None
     if h < 1 or w <= font_size:
         raise ValueError(
             f"cannot render into {h}x{w} pixels with font_size={font_size}: the width must exceed "

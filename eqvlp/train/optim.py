@@ -24,6 +24,7 @@ import optax
 from jaxtyping import Array, ArrayLike, Int, PyTree, Real
 
 from eqvlp import nn
+from eqvlp.config_checks import check_fields
 from eqvlp.losses.ema import ema_update
 from eqvlp.models.contrastive import ContrastiveModel
 from eqvlp.models.onetower import OneTowerCLIP
@@ -65,6 +66,8 @@ class OptimConfig:
     skip_nonfinite: bool = True
 
     def __post_init__(self):
+        check_fields(self)
+
         def check(ok: bool, field: str, fix: str):
             if not ok:
                 value = getattr(self, field)
@@ -72,7 +75,6 @@ class OptimConfig:
 
         check(math.isfinite(self.lr) and self.lr > 0, "lr", "use a positive rate, e.g. 1e-3")
         check(self.warmup_steps >= 0, "warmup_steps", "use 0 (no warm-up) or a positive step count")
-        check(self.schedule in SCHEDULES, "schedule", f"use one of {SCHEDULES}")
         check(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "use a fraction of lr in [0, 1]")
         check(self.rsqrt_timescale > 0, "rsqrt_timescale", "use a positive step count, e.g. 10_000")
         check(0 <= self.b1 < 1, "b1", "use a decay in [0, 1), e.g. 0.9")
