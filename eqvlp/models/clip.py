@@ -12,7 +12,7 @@ from jaxtyping import Array, Float, Int, Key, PRNGKeyArray
 from eqvlp.masking.image import ImageMask
 from eqvlp.models.config import CLIPConfig
 from eqvlp.models.contrastive import ContrastiveModel, apply_vit, check_images
-from eqvlp.models.text import TextTransformer
+from eqvlp.models.text import TextTransformer, check_token_batch, check_token_ids
 from eqvlp.models.vit import ViT
 from eqvlp.nn.precision import cast_floating
 from eqvlp.sharding import constrain_batch
@@ -58,13 +58,12 @@ class CLIP(ContrastiveModel):
         return constrain_batch(apply_vit(tower, images, mask=mask, key=key).astype(jnp.float32))
 
     def encode_text(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch embed"]:
-        """Projected text embeddings (float32) of a batch of token id sequences."""
-        length = self.config.text.context_length
-        if token_ids.ndim != 2 or token_ids.shape[1] > length:
-            raise ValueError(
-                f"encode_text expects token ids of shape (batch, {length}) (or shorter), got "
-                f"{tuple(token_ids.shape)}: tokenize with context_length={length}, or set "
-                f"TextConfig.context_length={token_ids.shape[-1]}"
-            )
+        """Projected text embeddings (float32) of a batch of token id sequences.
+
+        Ids outside the vocabulary raise (a `ValueError` eagerly, a run-time error under `jit`).
+        """
+        c = self.config.text
+        check_token_batch("encode_text", token_ids, c.context_length, "TextConfig")
+        check_token_ids("encode_text", token_ids, c.vocab_size)  # eagerly; the tower under jit
         tower = cast_floating(self.text, self.config.dtype)
         return constrain_batch(jax.vmap(tower)(constrain_batch(token_ids)).astype(jnp.float32))

@@ -18,6 +18,11 @@ from eqvlp.models.vit import ViT
 
 def check_images(images: Shaped[Array, "..."], expected: tuple[int, int, int], fn: str) -> None:
     """Raises a clear error unless `images` is a float batch of `expected` images."""
+    if not hasattr(images, "ndim") or not hasattr(images, "dtype"):
+        raise TypeError(
+            f"{fn} expects images as a float array (batch, {', '.join(map(str, expected))}), got "
+            f"a {type(images).__name__}: stack them with jnp.asarray(images, jnp.float32)"
+        )
     if images.ndim != 4 or tuple(images.shape[1:]) != expected:
         raise ValueError(
             f"{fn} expects images of shape (batch, {', '.join(map(str, expected))}), got "

@@ -17,6 +17,7 @@ from eqvlp.models.config import ViTConfig
 from eqvlp.masking.image import ImageMask
 from eqvlp.models.contrastive import ContrastiveModel, apply_vit, check_images
 from eqvlp.models.settings import ContrastiveSettings
+from eqvlp.models.text import check_token_batch, check_token_ids
 from eqvlp.models.vit import ViT
 from eqvlp.nn import LearnedPositionEmbedding
 from eqvlp.nn.precision import cast_floating
@@ -98,16 +99,13 @@ class OneTowerCLIP(ContrastiveModel):
         return apply_vit(tower, images, mask=mask, key=key).astype(jnp.float32)
 
     def encode_text(self, token_ids: Int[Array, "batch length"]) -> Float[Array, "batch embed"]:
-        """Projected embeddings (float32) of a batch of token id sequences."""
-        length = self.config.context_length
-        if token_ids.ndim != 2 or token_ids.shape[1] > length:
-            raise ValueError(
-                f"encode_text expects token ids of shape (batch, {length}) (or shorter), got "
-                f"{tuple(token_ids.shape)}: tokenize with context_length={length}, or set "
-                f"OneTowerConfig.context_length={token_ids.shape[-1]}"
-            )
-        if not jnp.issubdtype(token_ids.dtype, jnp.integer):
-            raise TypeError(f"token ids must be integers, got {token_ids.dtype}: tokenize first")
+        """Projected embeddings (float32) of a batch of token id sequences.
+
+        Ids outside the vocabulary raise (a `ValueError` eagerly, a run-time error under `jit`).
+        """
+        c = self.config
+        check_token_batch("encode_text", token_ids, c.context_length, "OneTowerConfig")
+        check_token_ids("encode_text", token_ids, c.vocab_size)  # concrete ids: before any work
         model = cast_floating(self, self.config.dtype)
         out = jax.vmap(lambda ids: model.vit.encode_tokens(model.embed_text(ids)))(token_ids)
-        return out.astype(jnp.float32)
+        return check_token_ids("encode_text", token_ids, c.vocab_size, out.astype(jnp.float32))

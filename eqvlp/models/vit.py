@@ -96,6 +96,11 @@ class ViT(eqx.Module):
 
     def __call__(self, image: Float[Array, "height width 3"]) -> Float[Array, " out_dim"]:
         expected = self.config.image_shape
+        if not hasattr(image, "shape"):
+            raise TypeError(
+                f"image tower expects one image as a float array {expected}, got a "
+                f"{type(image).__name__}: wrap it with jnp.asarray(image, jnp.float32)"
+            )
         if tuple(image.shape) != expected:
             raise ValueError(
                 f"image tower expects one image of shape {expected}, got {tuple(image.shape)}: "
