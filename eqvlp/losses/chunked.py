@@ -22,6 +22,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, Real
 
 from eqvlp.losses.validation import check_finite, check_pair, check_scalar
@@ -55,12 +56,15 @@ def chunked_sigmoid_loss(
     """
     fn = "chunked_sigmoid_loss"
     check_pair(fn, zimg, ztxt)
-    s = check_scalar(fn, "scale", scale)
+    s = check_scalar(fn, "scale", scale, nonnegative=True)
     b = check_scalar(fn, "bias", bias)
-    if not isinstance(chunk_size, int) or chunk_size < 1:
+    if isinstance(chunk_size, np.integer):
+        chunk_size = int(chunk_size)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"{fn}: chunk_size must be a positive int, got {chunk_size!r}: try 512")
     loss = _chunked(zimg, ztxt, s, b, chunk_size)
-    return check_finite(fn, loss, [("zimg", zimg), ("ztxt", ztxt), ("scale", s), ("bias", b)])
+    inputs = [("zimg", zimg), ("ztxt", ztxt), ("scale", s), ("bias", b)]
+    return check_finite(fn, loss, inputs, nonnegative=[("scale", s)])
 
 
 class BlockTerms(NamedTuple):

@@ -11,6 +11,8 @@ renders' embeddings as `zimg` and `ztxt`.
 Logits are computed in float32 whatever the embedding dtype, so bf16 towers get f32 losses.
 """
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, Real
@@ -45,13 +47,16 @@ def clip_loss(
     **Returns:** the scalar loss (float32).
     """
     check_pair("clip_loss", zimg, ztxt)
-    s = check_scalar("clip_loss", "scale", scale)
+    s = check_scalar("clip_loss", "scale", scale, nonnegative=True)
     _check_smoothing("clip_loss", label_smoothing)
+    warn_if_single_pair("clip_loss", zimg.shape[0])
     logits = s * _dot(zimg, ztxt)
     loss = 0.5 * (
         softmax_xent_rows(logits, label_smoothing) + softmax_xent_rows(logits.T, label_smoothing)
     )
-    return check_finite("clip_loss", loss, [("zimg", zimg), ("ztxt", ztxt), ("scale", s)])
+    return check_finite(
+        "clip_loss", loss, [("zimg", zimg), ("ztxt", ztxt), ("scale", s)], nonnegative=[("scale", s)]
+    )
 
 
 def sigmoid_loss(
@@ -79,13 +84,14 @@ def sigmoid_loss(
     **Returns:** the scalar loss (float32).
     """
     check_pair("sigmoid_loss", zimg, ztxt)
-    s = check_scalar("sigmoid_loss", "scale", scale)
+    s = check_scalar("sigmoid_loss", "scale", scale, nonnegative=True)
     b = check_scalar("sigmoid_loss", "bias", bias)
     logits = s * _dot(zimg, ztxt) + b
     signed = jnp.where(jnp.eye(zimg.shape[0], dtype=bool), logits, -logits)
     loss = -jnp.sum(jax.nn.log_sigmoid(signed)) / zimg.shape[0]
     return check_finite(
-        "sigmoid_loss", loss, [("zimg", zimg), ("ztxt", ztxt), ("scale", s), ("bias", b)]
+        "sigmoid_loss", loss, [("zimg", zimg), ("ztxt", ztxt), ("scale", s), ("bias", b)],
+        nonnegative=[("scale", s)],
     )
 
 
@@ -109,6 +115,22 @@ def _dot(a: Float[Array, "m dim"], b: Float[Array, "n dim"]) -> Float[Array, "m 
     return jnp.einsum(
         "md,nd->mn", a.astype(jnp.float32), b.astype(jnp.float32), preferred_element_type=jnp.float32
     )
+
+
+def warn_if_single_pair(fn: str, batch: int) -> None:
+    """Warns (once per call site, Python's default filter) that a softmax loss over one pair is 0.
+
+    With one pair the softmax has a single candidate: the loss is identically 0 and so is its
+    gradient, so a run "trains" without learning anything.
+    """
+    if batch == 1:
+        warnings.warn(
+            f"{fn}: the batch holds a single pair, so the softmax loss is identically 0 and "
+            "gives no gradient: use a batch of at least 2 pairs (contrastive learning needs "
+            "negatives)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _check_smoothing(fn: str, label_smoothing: float) -> None:

@@ -30,8 +30,8 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float, Real
 
 from eqvlp.losses.chunked import sigmoid_block
-from eqvlp.losses.contrastive import _check_smoothing
-from eqvlp.losses.validation import check_finite, check_pair, check_scalar
+from eqvlp.losses.contrastive import _check_smoothing, warn_if_single_pair
+from eqvlp.losses.validation import check_axis_name, check_finite, check_pair, check_scalar
 
 __all__ = ["distributed_clip_loss", "distributed_sigmoid_loss", "shard_loss"]
 
@@ -64,7 +64,8 @@ def distributed_sigmoid_loss(
     """
     fn = "distributed_sigmoid_loss"
     check_pair(fn, zimg, ztxt)
-    s = check_scalar(fn, "scale", scale)
+    check_axis_name(fn, axis_name)
+    s = check_scalar(fn, "scale", scale, nonnegative=True)
     b = check_scalar(fn, "bias", bias)
     if method not in ("ring", "bidir"):
         raise ValueError(f"{fn}: method must be 'ring' or 'bidir', got {method!r}")
@@ -77,9 +78,8 @@ def distributed_sigmoid_loss(
     axes = _axes(axis_name)
     s_local, b_local = _per_device((s, b), axes)
     loss = jax.lax.psum(_dist_sigmoid(zimg, ztxt, s_local, b_local, axes, method, block), axes)
-    return check_finite(
-        fn, loss, [("zimg", zimg), ("ztxt", ztxt), ("scale", s), ("bias", b)], axis_name=axis_name
-    )
+    inputs = [("zimg", zimg), ("ztxt", ztxt), ("scale", s), ("bias", b)]
+    return check_finite(fn, loss, inputs, axis_name=axis_name, nonnegative=[("scale", s)])
 
 
 def distributed_clip_loss(
@@ -102,12 +102,15 @@ def distributed_clip_loss(
     """
     fn = "distributed_clip_loss"
     check_pair(fn, zimg, ztxt)
-    s = check_scalar(fn, "scale", scale)
+    check_axis_name(fn, axis_name)
+    s = check_scalar(fn, "scale", scale, nonnegative=True)
     _check_smoothing(fn, label_smoothing)
     axes = _axes(axis_name)
+    warn_if_single_pair(fn, zimg.shape[0] * jax.lax.axis_size(axes))
     (s_local,) = _per_device((s,), axes)
     loss = jax.lax.psum(_dist_clip(zimg, ztxt, s_local, axes, float(label_smoothing)), axes)
-    return check_finite(fn, loss, [("zimg", zimg), ("ztxt", ztxt), ("scale", s)], axis_name=axis_name)
+    inputs = [("zimg", zimg), ("ztxt", ztxt), ("scale", s)]
+    return check_finite(fn, loss, inputs, axis_name=axis_name, nonnegative=[("scale", s)])
 
 
 def shard_loss(

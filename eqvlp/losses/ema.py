@@ -7,7 +7,9 @@ projectors), `target <- tau * target + (1 - tau) * online` after every optimiser
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import PyTree, Real, ArrayLike
+from jaxtyping import ArrayLike, PyTree, Real
+
+from eqvlp.losses.validation import concrete
 
 __all__ = ["ema_update"]
 
@@ -23,7 +25,9 @@ def ema_update(target: PyTree, online: PyTree, tau: Real[ArrayLike, ""] = 0.99) 
 
     - `target`: the EMA model (same structure as `online`).
     - `online`: the model being trained.
-    - `tau`: the decay, in [0, 1]; 1 freezes the target, 0 copies the online model.
+    - `tau`: the decay, in [0, 1]; 1 freezes the target, 0 copies the online model. Outside
+      it the average extrapolates away from the model: a concrete `tau` raises a `ValueError`
+      here, a traced one a run-time error (`equinox.error_if`, as the losses check inputs).
 
     **Returns:** the new target, same structure.
     """
@@ -31,7 +35,15 @@ def ema_update(target: PyTree, online: PyTree, tau: Real[ArrayLike, ""] = 0.99) 
         eqx.filter(online, eqx.is_array)
     ):
         raise ValueError("ema_update: target and online must have the same structure: start with target = model")
+    message = (f"ema_update: tau must be in [0, 1] (1 freezes the target, BYOL uses 0.99)")
+    if jnp.shape(tau) != ():
+        raise ValueError(f"{message}; got an array of shape {jnp.shape(tau)}: pass a scalar")
+    value = concrete(tau)
+    if value is not None and not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{message}, got {float(value)}")
     tau = jnp.asarray(tau, jnp.float32)
+    if value is None:
+        tau = eqx.error_if(tau, ~((tau >= 0) & (tau <= 1)), message)
     t_arrays, _ = eqx.partition(target, eqx.is_inexact_array)
     o_arrays, o_rest = eqx.partition(online, eqx.is_inexact_array)
 

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
 
-from eqvlp.losses.validation import normalize
+from eqvlp.losses.validation import check_axis_name, normalize
 
 __all__ = ["Predictor", "Projector", "Prototypes", "batch_norm"]
 
@@ -20,6 +20,7 @@ def batch_norm(
     x: Float[Array, "batch features"], *, eps: float = 1e-5, axis_name=None
 ) -> Float[Array, "batch features"]:
     """Standardises each feature over the batch (the global batch when `axis_name` is given)."""
+    check_axis_name("batch_norm", axis_name)
     count = x.shape[0]
     total = jnp.sum(x, axis=0)
     if axis_name is not None:

@@ -24,7 +24,13 @@ from jaxtyping import Array, ArrayLike, Float, Real
 from eqvlp.losses.contrastive import clip_loss
 from eqvlp.losses.distributed import distributed_clip_loss
 from eqvlp.losses.heads import batch_norm
-from eqvlp.losses.validation import check_finite, check_pair, normalize
+from eqvlp.losses.validation import (
+    check_axis_name,
+    check_finite,
+    check_pair,
+    check_scalar,
+    normalize,
+)
 
 __all__ = ["barlip_loss", "byolip_loss", "clip_rocket_loss", "siamlip_loss", "sinkhorn", "swalip_loss"]
 
@@ -57,6 +63,7 @@ def clip_rocket_loss(
     """
     fn = "clip_rocket_loss"
     check_pair(fn, zimg, ztxt)
+    check_axis_name(fn, axis_name)
     if himg.ndim != 3 or himg.shape != htxt.shape or himg.shape[1] != zimg.shape[0]:
         raise ValueError(
             f"{fn}: himg and htxt must both have shape (views, batch, hdim) with batch "
@@ -96,6 +103,7 @@ def siamlip_loss(
     not be normalised (cosines are taken here). Zero in [0, 4]; 0 when predictions align.
     """
     fn = "siamlip_loss"
+    check_axis_name(fn, axis_name)
     check_pair(fn, p_img, v_txt, ("p_img", "v_txt"))
     check_pair(fn, p_txt, v_img, ("p_txt", "v_img"))
     loss = 0.5 * (_neg_cos(p_img, v_txt, axis_name) + _neg_cos(p_txt, v_img, axis_name))
@@ -130,6 +138,7 @@ def barlip_loss(
     Standardising here makes the loss independent of the projector's output scale.
     """
     fn = "barlip_loss"
+    check_axis_name(fn, axis_name)
     check_pair(fn, z_img, z_txt, ("z_img", "z_txt"))
     zi = batch_norm(z_img.astype(jnp.float32), axis_name=axis_name)
     zt = batch_norm(z_txt.astype(jnp.float32), axis_name=axis_name)
@@ -156,8 +165,22 @@ def sinkhorn(
     `Q = exp(scores / epsilon)`, then `iterations` rounds of: each prototype's total mass made
     1/K, each sample's made 1/B; returned scaled so each row sums to 1. No gradient flows back.
     Computed from `scores - max(scores)` so large scores cannot overflow (the normalisations
-    cancel the shift).
+    cancel the shift). An `epsilon` so small that a whole column underflows to 0 gives NaN
+    assignments: that raises at run time (like a loss's NaN input) instead of passing silently.
     """
+    fn = "sinkhorn"
+    check_axis_name(fn, axis_name)
+    q = _sinkhorn(fn, scores, epsilon, iterations, axis_name)
+    return check_finite(fn, q, [("scores", scores)], axis_name=axis_name,
+                        overflow_hint=_epsilon_hint(epsilon))
+
+
+def _sinkhorn(fn, scores, epsilon, iterations, axis_name):
+    """`sinkhorn` without its run-time check (the caller checks its own result)."""
+    if not epsilon > 0:
+        raise ValueError(f"{fn}: epsilon must be > 0, got {epsilon}: SwAV uses 0.05")
+    if iterations < 0:
+        raise ValueError(f"{fn}: iterations must be >= 0, got {iterations}: SwAV uses 3")
     scores = jax.lax.stop_gradient(scores.astype(jnp.float32))
     batch, k = scores.shape
     top = jnp.max(scores)
@@ -177,6 +200,11 @@ def sinkhorn(
     return q * batch
 
 
+def _epsilon_hint(epsilon: float) -> str:
+    return (f"Sinkhorn's epsilon={epsilon} is too small for these scores (exp(score / epsilon) "
+            "underflows to 0 for a whole prototype): use a larger epsilon, e.g. 0.05")
+
+
 def swalip_loss(
     scores_img: Float[Array, "batch prototypes"],
     scores_txt: Float[Array, "batch prototypes"],
@@ -192,11 +220,11 @@ def swalip_loss(
     cross-entropies averaged over the (global) batch. `scores_*` are `Prototypes` outputs (cosines).
     """
     fn = "swalip_loss"
+    check_axis_name(fn, axis_name)
     check_pair(fn, scores_img, scores_txt, ("scores_img", "scores_txt"))
-    s = jnp.asarray(scale, jnp.float32)
-    kw = dict(epsilon=epsilon, iterations=iterations, axis_name=axis_name)
-    q_img = sinkhorn(scores_img, **kw)
-    q_txt = sinkhorn(scores_txt, **kw)
+    s = check_scalar(fn, "scale", scale, nonnegative=True)
+    q_img = _sinkhorn(fn, scores_img, epsilon, iterations, axis_name)
+    q_txt = _sinkhorn(fn, scores_txt, epsilon, iterations, axis_name)
 
     def xent(scores, q):
         logp = jax.nn.log_softmax(s * scores.astype(jnp.float32), axis=1)
@@ -209,7 +237,8 @@ def swalip_loss(
 
     loss = 0.5 * (xent(scores_img, q_txt) + xent(scores_txt, q_img))
     inputs = [("scores_img", scores_img), ("scores_txt", scores_txt), ("scale", s)]
-    return check_finite(fn, loss, inputs, axis_name=axis_name)
+    return check_finite(fn, loss, inputs, axis_name=axis_name, nonnegative=[("scale", s)],
+                        overflow_hint=_epsilon_hint(epsilon))
 
 
 def _neg_cos(p: Float[Array, "batch dim"], v: Float[Array, "batch dim"], axis_name) -> Float[Array, ""]:
