@@ -144,8 +144,8 @@ def test_pooling_methods():
     np.testing.assert_allclose(nn.pool(x, "mean", mask=mask), x[:2].mean(0))
     np.testing.assert_array_equal(nn.pool(x, "eos", token_ids=ids, eos_token_id=2), x[2])
     np.testing.assert_array_equal(nn.pool(x, "argmax", token_ids=ids), x[1])
-    # no EOS in the sequence: fall back to the last position
-    np.testing.assert_array_equal(nn.pool(x, "eos", token_ids=ids, eos_token_id=7), x[3])
+    # no EOS in the sequence: position 0, as transformers' CLIPTextTransformer
+    np.testing.assert_array_equal(nn.pool(x, "eos", token_ids=ids, eos_token_id=7), x[0])
     with pytest.raises(ValueError, match="token_ids"):
         nn.pool(x, "eos", eos_token_id=2)
     with pytest.raises(ValueError, match="unknown pooling"):

@@ -30,8 +30,10 @@ def pool(
 
     - `method`: `"cls"`/`"first"` take token 0; `"last"` the final position; `"gap"`/`"mean"`
       average (over `mask`-ed tokens when a mask is given); `"eos"` takes the first position
-      whose id is `eos_token_id` (the last position when there is none); `"argmax"` takes the
-      position of the largest token id (OpenAI CLIP, whose end-of-text id is the largest).
+      whose id is `eos_token_id`, and position 0 when there is none, exactly as transformers'
+      `CLIPTextTransformer` does (`argmax(ids == eos_token_id)`); `"argmax"` takes the first
+      position of the largest token id (OpenAI CLIP, whose end-of-text id is the largest;
+      transformers' rule for the legacy `eos_token_id=2`).
     - `token_ids`: needed by `"eos"` and `"argmax"`.
     """
     if method in ("cls", "first"):
@@ -50,9 +52,9 @@ def pool(
             return x[jnp.argmax(token_ids)]
         if eos_token_id is None:
             raise ValueError("pooling 'eos' needs eos_token_id=: set it in the text config")
-        is_eos = token_ids == eos_token_id
-        index = jnp.where(jnp.any(is_eos), jnp.argmax(is_eos), x.shape[0] - 1)
-        return x[index]
+        # No EOS: argmax of all-False is 0, transformers' choice (eqvlp's tokenizer always
+        # writes an EOS, even when it truncates, so only hand-made ids lack one).
+        return x[jnp.argmax(token_ids == eos_token_id)]
     raise ValueError(f"unknown pooling {method!r}: use one of {POOLING_METHODS} or a MAPHead")
 
 
