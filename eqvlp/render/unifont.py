@@ -45,12 +45,19 @@ class GlyphTable:
         return len(self.columns) - 1
 
     def glyph_ids(self, codepoints: np.ndarray) -> np.ndarray:
-        """Table rows of an array of code points (0 for code points without a glyph)."""
+        """Table rows of an array of code points (0 for code points without a glyph).
+
+        Code points must be in `[0, 0x110000)`: a negative one would wrap to the end of the
+        table (NumPy indexing) and draw another character's glyph.
+        """
+        codepoints = np.asarray(codepoints)
+        check_codepoints(codepoints)
         return self.index[codepoints]
 
     def bitmap(self, char: str | int) -> np.ndarray:
         """The 16x16 bool bitmap (rows, columns) of one character or code point."""
         cp = ord(char) if isinstance(char, str) else int(char)
+        check_codepoints(np.asarray(cp))
         cols = self.columns[self.index[cp]]
         return ((cols[None, :] >> np.arange(16, dtype=np.uint16)[:, None]) & 1).astype(bool)
 
@@ -59,11 +66,29 @@ class GlyphTable:
         return 0 <= cp < NUM_CODEPOINTS and bool(self.index[cp])
 
 
+def check_codepoints(codepoints: np.ndarray) -> None:
+    """Raises a clear error unless every code point is an integer in `[0, 0x110000)`."""
+    if codepoints.size == 0:
+        return
+    if not np.issubdtype(codepoints.dtype, np.integer):
+        raise TypeError(f"code points must be integers, got {codepoints.dtype}: use ord(char)")
+    lo, hi = int(codepoints.min()), int(codepoints.max())
+    if lo < 0 or hi >= NUM_CODEPOINTS:
+        bad = lo if lo < 0 else hi
+        raise ValueError(
+            f"code point {bad} is not a Unicode code point (0 to 0x10FFFF): pass ord(char) of "
+            "the characters to draw"
+        )
+
+
 def parse_hex(data: bytes, source: str = "<bytes>") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Parses `.hex` text into code points, bitmap rows and widths.
 
     **Returns:** `(codepoints (n,) int64, rows (n, 16) uint16, wide (n,) bool)`, in file order.
     Row bits are MSB first (bit 15 = column 0); an 8-wide glyph fills the high byte.
+
+    **Raises:** `ValueError` for a file with no glyphs (every text would render blank), a
+    negative code point, or a line that is not `CODEPOINT:HEXBITS`.
     """
     # One C-level split gives code point, bits, code point, bits, ... (blank lines and CRLF
     # line ends vanish); a line without exactly one ':' breaks the pairing and is caught here.
@@ -76,6 +101,18 @@ def parse_hex(data: bytes, source: str = "<bytes>") -> tuple[np.ndarray, np.ndar
                                  len(hexbits))
     except ValueError:
         raise ValueError(f"{source}: every line must be CODEPOINT:HEXBITS (hex digits)") from None
+    if len(codepoints) == 0:
+        raise ValueError(
+            f"{source} holds no glyphs (an empty or truncated file): every text would render "
+            "blank; point EQVLP_UNIFONT at a GNU Unifont .hex file (apt-get install unifont)"
+        )
+    negative = np.flatnonzero(codepoints < 0)
+    if negative.size:
+        raise ValueError(
+            f"{source}: line {negative[0] + 1} has the negative code point "
+            f"{tokens[2 * negative[0]].decode('ascii', 'replace')}: code points are hex digits "
+            "0 to 10FFFF; check that this is a Unifont .hex file"
+        )
     ndigits = np.fromiter(map(len, hexbits), np.int64, len(hexbits))
     bad = np.flatnonzero((ndigits != 32) & (ndigits != 64))
     if bad.size:
