@@ -171,10 +171,10 @@ def test_reliability_page_save_restore_example_runs():
     from doc_pages import DOCS
 
     text = (DOCS / "reliability.md").read_text().split("## What is validated where")[0]
-    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+    blocks = re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
     assert blocks, "docs/reliability.md lost its save/restore example"
     namespace: dict = {}
     with jax.numpy_dtype_promotion("standard"):  # doc code is user code
         for block in blocks:
-            exec(compile(block, "reliability.md", "exec"), namespace)
+            exec(compile(block, "reliability.md", "exec"), namespace)  # noqa: S102
     assert namespace["extra"]["note"] == "any JSON values"

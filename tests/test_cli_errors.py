@@ -63,9 +63,9 @@ def test_another_config_is_refused_unless_allowed(run, capsys):
 
 
 def test_a_locked_run_directory_is_refused_and_a_stale_lock_taken_over(run, capsys):
-    with RunLock(run):
-        with pytest.raises(SystemExit, match=rf"in use by another run \(pid {os.getpid()} on"):
-            main(train_args(run))
+    with RunLock(run), pytest.raises(SystemExit,
+                                     match=rf"in use by another run \(pid {os.getpid()} on"):
+        main(train_args(run))
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     (run / "LOCK").write_text(json.dumps({"pid": dead.pid, "host": os.uname().nodename}))

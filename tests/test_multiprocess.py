@@ -87,3 +87,14 @@ def test_a_missing_peer_and_an_unshared_run_directory_end_with_clear_errors(tmp_
         assert proc.returncode != 0, output[-3000:]
         assert f"eqvlp train: process {i}: run directory" in output, output[-3000:]
         assert "is not shared between processes: process(es) [1] cannot see" in output
+
+
+def test_barrier_timeouts_name_the_late_processes():
+    from eqvlp.train.processes import _late_processes
+
+    xla = ("DEADLINE_EXCEEDED: Barrier timed out. Id: b1::0. ...\n# of tasks that reached the "
+           "barrier: 1/3.\nThe first task at the barrier: 0. Some timed out task names:\n1\n2\n\n"
+           "\nRPC: /xla.coordination.CoordinationService/Barrier [type.googleapis.com/x='']")
+    assert _late_processes(xla) == [1, 2]
+    assert _late_processes("Some timed out task names: /job:jax_worker/replica:0/task:3") == [3]
+    assert _late_processes("UNAVAILABLE: connection reset") == []

@@ -84,7 +84,9 @@ def _client():
 
 def _late_processes(message: str) -> list[int]:
     """Process ids named in XLA's barrier timeout message ('Some timed out task names: 1')."""
-    tail = message.split("timed out task names:", 1)[-1] if "task names" in message else ""
+    if "task names" not in message:
+        return []
+    tail = message.split("task names:", 1)[-1].split("RPC:", 1)[0]
     return sorted({int(n) for n in re.findall(r"(?:task[:/]|^|\s)(\d+)\b", tail)})
 
 
