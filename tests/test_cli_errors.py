@@ -88,9 +88,9 @@ def test_a_damaged_newest_checkpoint_falls_back_and_is_set_aside(run, capsys):
 
 
 def test_no_intact_checkpoint_stops_the_run(run):
-    for step in (1, 2):
-        (run / "checkpoints" / f"step_{step:08d}" / "metadata.json").write_text("{")
-    with pytest.raises(SystemExit, match="no intact checkpoint .*2 damaged"):
+    (run / "checkpoints" / "step_00000002" / "metadata.json").write_text("{")
+    (run / "checkpoints" / "step_00000001" / "local_00000.json").write_text("{")  # data position
+    with pytest.raises(SystemExit, match="no intact checkpoint .*2 damaged.*local_00000.json"):
         main(train_args(run, 3))
     assert checkpoint.committed_steps(run / "checkpoints") == [1, 2]  # nothing deleted
 

@@ -32,7 +32,7 @@ from eqvlp.data import (
 )
 from eqvlp.eval.evaluate import evaluate, load_eval_set
 from eqvlp.models.clippo import CLIPPOConfig
-from eqvlp.train import checkpoint
+from eqvlp.train import checkpoint, processes
 from eqvlp.train.clipa import TrainPhase, phase_at, resize_state, training_phases
 from eqvlp.train.config import EvalConfig, TrainConfig, dotted_fields, finalize, to_json
 from eqvlp.train.cotraining import mix_batch, text_pairs
@@ -204,8 +204,6 @@ def prepare_run_directory(workdir: Path) -> Path:
         raise OSError(f"run directory {workdir} is not writable ({error.strerror or error}"
                       f"{': ' + str(error.filename) if error.filename else ''}): give another "
                       "--workdir") from None
-    from eqvlp.train import processes
-
     processes.check_shared(ckpt_dir, "run directory")
     return ckpt_dir
 
@@ -266,7 +264,7 @@ def _restore(cfg: TrainConfig, ckpt_dir: Path, phases, rules, mesh, log):
         arrays, static = eqx.partition(state, eqx.is_array)
         try:
             arrays, _ = checkpoint.restore(ckpt_dir, arrays, step=step)
-            data_state = (checkpoint.read_local(ckpt_dir, step) or {}).get("data")
+            data_state = _read_data_state(ckpt_dir, step)
         except checkpoint.CheckpointError as error:
             log(f"warning: checkpoint step {step} is damaged, trying an older one: {error}")
             damaged.append((step, str(error)))
@@ -280,6 +278,22 @@ def _restore(cfg: TrainConfig, ckpt_dir: Path, phases, rules, mesh, log):
         f"no intact checkpoint in {ckpt_dir} ({len(damaged)} damaged: "
         + "; ".join(f"step {s}: {e}" for s, e in damaged) + "): move them away to start the "
         "run afresh, or restore the directory from a backup")
+
+
+def _read_data_state(ckpt_dir: Path, step: int):
+    """This process's data position saved with checkpoint `step`; a damaged one on any
+    process is damage on all of them (every process must fall back to the same step)."""
+    problem, state = None, None
+    try:
+        state = (checkpoint.read_local(ckpt_dir, step) or {}).get("data")
+    except checkpoint.CheckpointError as error:
+        problem = str(error)
+    damaged = processes.agree(f"local-{step}", problem)
+    if damaged:
+        raise checkpoint.CheckpointError(problem or f"the data position of process(es) "
+                                         f"{sorted(damaged)} is damaged: "
+                                         f"{next(iter(damaged.values()))}")
+    return state
 
 
 def _train(cfg: TrainConfig, workdir: Path, ckpt_dir: Path, *, log, progress: bool,
