@@ -1,5 +1,7 @@
 """CLIPA token reduction: image masks, text reductions, resizing, the phase schedule."""
 
+from types import SimpleNamespace
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -134,6 +136,21 @@ def test_text_masks_batch_under_jit():
         masking.TextMask("block", 6, eos_token_id=2)(CAPTION)
     with pytest.raises(ValueError, match="reduced length"):
         masking.truncate_text(CAPTION, 20, eos_token_id=2)
+
+
+def test_text_mask_writes_the_models_eos():
+    """TextMask defaulted to EOS id 2, dropping the CLIP presets' real EOS (49407)."""
+    clip_like = SimpleNamespace(config=SimpleNamespace(text=SimpleNamespace(eos_token_id=49407)))
+    ids = jnp.array([49406, 11, 12, 13, 14, 49407, 0, 0])
+    mask = masking.TextMask("truncate", length=5)
+    with pytest.raises(ValueError, match="for_model"):
+        mask(ids)  # no silent default
+    assert mask.for_model(clip_like)(ids).tolist() == [49406, 11, 12, 13, 49407]
+    no_eos = SimpleNamespace(config=SimpleNamespace(text=SimpleNamespace(eos_token_id=None)))
+    with pytest.raises(ValueError, match="declares no eos_token_id"):
+        mask.for_model(no_eos)
+    with pytest.raises(TypeError, match="eos_token_id"):
+        masking.truncate_text(ids, 5)  # the functions take it explicitly too
 
 
 def test_syntax_priorities():

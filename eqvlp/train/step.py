@@ -42,14 +42,16 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     loss_fn: Callable[..., Float[Array, ""]] = contrastive_loss,
 ) -> Callable:
-    """`step(model, opt_state, images, token_ids) -> (model, opt_state, loss)`, not yet jitted.
+    """`step(model, opt_state, images, token_ids, *extra) -> (model, opt_state, loss)`, not yet
+    jitted.
 
-    `loss_fn(model, images, token_ids) -> scalar` defaults to `contrastive_loss`; pass your own
-    for another objective (e.g. `eqvlp.losses.chunked_sigmoid_loss` on the embeddings).
+    `loss_fn(model, images, token_ids, *extra) -> scalar` defaults to `contrastive_loss`; pass
+    your own for another objective (e.g. `eqvlp.losses.chunked_sigmoid_loss` on the embeddings).
+    `extra` arguments (e.g. a PRNG key for CLIPA's masks) go to `loss_fn` as they are.
     """
 
-    def step(model, opt_state, images, token_ids):
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, images, token_ids)
+    def step(model, opt_state, images, token_ids, *extra):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, images, token_ids, *extra)
         params = eqx.filter(model, eqx.is_array)
         # optax mixes Python floats with its int32 step count: allow standard promotion even
         # when the caller runs under strict promotion.
@@ -93,29 +95,35 @@ def sharded_train_step(
     - `donate`: reuse the input model and optimizer state's memory for the outputs. Only arrays
       the step owns are donated (see the module docstring); yours are copied first.
 
-    **Returns:** `step(model, opt_state, images, token_ids) -> (model, opt_state, loss)`.
+    **Returns:** `step(model, opt_state, images, token_ids, *extra) -> (model, opt_state,
+    loss)`; `extra` arguments (e.g. a PRNG key) are replicated.
     """
     rule_table = sharding.as_rules(rule_table)
     model_sh = sharding.shardings(model, rule_table, mesh)
     opt_sh = sharding.shardings(opt_state, rule_table, mesh)
     images_sh, ids_sh = sharding.batch_sharding(mesh, 4), sharding.batch_sharding(mesh, 2)
     replicated = NamedSharding(mesh, PartitionSpec())
-    jitted = jax.jit(
-        step,
-        in_shardings=(model_sh, opt_sh, images_sh, ids_sh),
-        out_shardings=(model_sh, opt_sh, replicated),
-        donate_argnums=(0, 1) if donate else (),
-    )
+    jitted: dict[int, Callable] = {}  # one jit per number of extra arguments
 
-    def sharded_step(model, opt_state, images, token_ids):
+    def jit_for(extra: int) -> Callable:
+        if extra not in jitted:
+            jitted[extra] = jax.jit(
+                step,
+                in_shardings=(model_sh, opt_sh, images_sh, ids_sh) + (replicated,) * extra,
+                out_shardings=(model_sh, opt_sh, replicated),
+                donate_argnums=(0, 1) if donate else (),
+            )
+        return jitted[extra]
+
+    def sharded_step(model, opt_state, images, token_ids, *extra):
         sharding.check_batch(images, mesh, "images")
         sharding.check_batch(token_ids, mesh, "token_ids")
         if donate:
             model, opt_state = _take_ownership(model, model_sh), _take_ownership(opt_state, opt_sh)
-        new_model, new_state, loss = jitted(model, opt_state, images, token_ids)
+        new_model, new_state, loss = jit_for(len(extra))(model, opt_state, images, token_ids,
+                                                         *extra)
         if donate:  # the next call may donate what this one returned
             sharding.mark_owned((new_model, new_state))
         return new_model, new_state, loss
 
-    sharded_step.jitted = jitted  # for lowering / cost analysis
     return sharded_step
