@@ -39,7 +39,7 @@ BATCH_AXES = ("data", "fsdp")  # the batch is split over every data-parallel dev
 
 #: What a parameter can be, by the `eqvlp.nn` block that owns it (see `role_of`).
 ROLES = {
-    "linear": "a Linear weight (in, out) not named below",
+    "linear": "any other Linear weight (in, out)",
     "attention_in": "the query, key or value weight (in, out) of a MultiheadAttention",
     "attention_in_bias": "the query, key or value bias of a MultiheadAttention",
     "attention_out": "the output weight (in, out) of a MultiheadAttention",
@@ -174,6 +174,23 @@ def as_rules(rule_table: RuleTable) -> Rules:
                 "PartitionSpec or a tuple of PartitionSpecs), e.g. (r'\\.weight$', P('fsdp', None))"
             )
     return entries
+
+
+def describe(rule_table: RuleTable) -> str:
+    """A rule table as a Markdown table: matcher, spec, what it matches (docs/sharding.md)."""
+
+    def spec_text(spec) -> str:
+        if isinstance(spec, tuple) and not isinstance(spec, P):
+            return " or ".join(spec_text(s) for s in spec) + " (the smaller shard)"
+        return "`P(" + ", ".join(repr(a) for a in spec) + ")`"
+
+    lines = ["| matcher | spec | matches |", "| --- | --- | --- |"]
+    for matcher, spec in as_rules(rule_table):
+        if isinstance(matcher, Role):
+            lines.append(f"| `Role({matcher.name!r})` | {spec_text(spec)} | {ROLES[matcher.name]} |")
+        else:
+            lines.append(f"| `{matcher!r}` | {spec_text(spec)} | parameters whose path it matches |")
+    return "\n".join(lines)
 
 
 def path_name(path: tuple) -> str:

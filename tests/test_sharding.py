@@ -1,6 +1,7 @@
 """Sharding rules on 8 simulated CPU devices: specs, bytes per device, and equal training steps."""
 
 import math
+from pathlib import Path
 
 import equinox as eqx
 import jax
@@ -133,3 +134,9 @@ def test_sharded_step_equals_single_device(preset, model_name):
     # the optimizer state is sharded alongside the parameters
     mu = new_state[0].trace.image.encoder.layers.mlp.fc1.weight
     assert mu.sharding.spec == sharding.param_specs(model, rules, mesh).image.encoder.layers.mlp.fc1.weight
+
+
+def test_docs_show_the_full_preset_tables():
+    page = (Path(__file__).resolve().parents[1] / "docs" / "sharding.md").read_text()
+    for name in ("fsdp", "fsdp_tp"):
+        assert sharding.describe(sharding.rules(name)) in page, f"docs/sharding.md: {name} table"
