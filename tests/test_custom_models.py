@@ -15,7 +15,7 @@ from jax.sharding import PartitionSpec as P
 from jaxtyping import Array, Float, Int
 
 from eqvlp import masking, models, nn, sharding, train
-from eqvlp.losses import normalize, sigmoid_loss
+from eqvlp.losses import clip_loss, normalize, sigmoid_loss
 from eqvlp.train import contrastive_loss, make_train_step, sharded_train_step
 
 WIDTH, VOCAB, LENGTH, SIZE, PATCH, REGISTERS = 16, 64, 8, 16, 8, 2
@@ -315,6 +315,12 @@ def test_default_loss_follows_the_protocol(model, batch):
         contrastive_loss(model.image, images, ids)
     assert models.text_token_ids(model) == (2, 0)
     assert isinstance(model, models.ContrastiveProtocol)
+    # the trainer's objectives too: a model without bias() trains with bias 0
+    minimal, z = Minimal(jax.random.key(8)), jax.random.normal(jax.random.key(9), (2, 4, WIDTH))
+    objective = train.make_objective("auto", model_loss=models.loss_kind(minimal))
+    np.testing.assert_allclose(objective(minimal, z[0], z[1]),
+                               clip_loss(normalize(z[0]), normalize(z[1]), minimal.scale()),
+                               rtol=1e-6)
 
 
 def test_attention_impl_switches_on_a_trained_model(model, batch):

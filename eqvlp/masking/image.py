@@ -127,7 +127,13 @@ class ImageMask:
         grid: int | tuple[int, int],
         num_prefix: int = 1,
     ) -> Float[Array, "kept dim"]:
-        """Reduces one embedded token sequence (prefix + row-major grid)."""
+        """Reduces one embedded token sequence: `num_prefix` prefix tokens (CLS, registers),
+        then a row-major `grid` of patch tokens with their positions already added.
+
+        Returns the prefix tokens and the kept patch tokens, in order, `(num_prefix +
+        num_kept(grid), dim)`. Any tower can use it between its `embed` and `encode_tokens`
+        halves (`eqvlp.models.encode_masked` does that for a batch).
+        """
         h, w = as_pair(grid)
         if tokens.shape[0] != num_prefix + h * w:
             raise ValueError(

@@ -1,7 +1,8 @@
 """The training objective chosen by `LossConfig`: a function of the model and its embeddings.
 
 `objective(model, zimg, ztxt) -> loss` takes un-normalised embeddings of the whole (accumulated)
-batch; the model supplies the learned scale and bias. Keeping the loss a function of embeddings
+batch; the model supplies the learned scale and, if it has one, the bias (any model following
+`eqvlp.models.protocol`). Keeping the loss a function of embeddings
 is what makes exact gradient accumulation possible (`eqvlp.train.accumulate`).
 """
 
@@ -19,6 +20,7 @@ from eqvlp.losses import (
     shard_loss,
     sigmoid_loss,
 )
+from eqvlp.models.protocol import logit_bias
 from eqvlp.sharding import BATCH_AXES
 
 Objective = Callable[..., Float[Array, ""]]
@@ -61,7 +63,7 @@ def make_objective(name: str, *, model_loss: str = "softmax", label_smoothing: f
         # made NaN, which the optimiser's non-finite guard skips and counts.
         finite = jnp.all(jnp.isfinite(zimg)) & jnp.all(jnp.isfinite(ztxt))
         zimg, ztxt = (jnp.where(finite, z, jnp.zeros_like(z)) for z in (zimg, ztxt))
-        value = loss(normalize(zimg), normalize(ztxt), model.scale(), model.bias())
+        value = loss(normalize(zimg), normalize(ztxt), model.scale(), logit_bias(model))
         return jnp.where(finite, value, jnp.nan)
 
     return objective
