@@ -391,28 +391,47 @@ def init_sharded(make: Callable[[], PyTree], rule_table: RuleTable, mesh: Mesh) 
     return out
 
 
+def _shares_buffer(source: jax.Array, placed: jax.Array) -> bool:
+    """Whether `placed` holds any device buffer of `source` (True when it cannot tell)."""
+    try:
+        held = {shard.data.unsafe_buffer_pointer() for shard in source.addressable_shards}
+        return any(shard.data.unsafe_buffer_pointer() in held
+                   for shard in placed.addressable_shards)
+    except Exception:  # a backend without buffer pointers: assume the worst
+        return True
+
+
 def place_copies(arrays: list, targets: list) -> list:
-    """Fresh copies of `arrays` on the `targets` shardings, sharing no buffer with the inputs.
+    """`arrays` placed on the `targets` shardings, sharing no buffer with the inputs.
 
-    (`jax.device_put(..., may_alias=False)` is not enough: replicating an array of one device
-    over a mesh reuses its buffer as the first shard.)
+    `jax.device_put(..., may_alias=False)` is not enough: replicating an array of one device
+    over a mesh reuses its buffer as the first shard. Only the leaves that would share a buffer
+    are copied, so a real resharding costs no second copy.
     """
-    copies = [jnp.array(a, copy=True) if isinstance(a, jax.Array) else a for a in arrays]
-    return jax.device_put(copies, targets)
+    placed = jax.device_put(arrays, targets)
+    out = []
+    for source, result, target in zip(arrays, placed, targets, strict=True):
+        if isinstance(source, jax.Array) and _shares_buffer(source, result):
+            result = jax.device_put(jnp.array(source, copy=True), target)
+        out.append(result)
+    return out
 
 
-def shard(tree: PyTree, rule_table: RuleTable, mesh: Mesh) -> PyTree:
-    """Copies the array leaves of `tree` (parameters, optimizer state) onto the devices as the
+def shard(tree: PyTree, rule_table: RuleTable, mesh: Mesh, *, copy: bool = True) -> PyTree:
+    """Places the array leaves of `tree` (parameters, optimizer state) on the devices as the
     rules say; other leaves are left alone.
 
-    Always a copy (never an alias of the input), so a train step may donate the result without
-    deleting the arrays you passed in.
+    With `copy=True` the result shares no device buffer with `tree`, so a train step may donate
+    it without deleting the arrays you passed in. `copy=False` lets JAX reuse their buffers
+    where the placement allows (no transient second copy of a large model), and a train step
+    may then donate them: only for arrays you will not use again.
     """
     leaves, treedef = jax.tree.flatten(tree)
     target_leaves = [None if s is None else NamedSharding(mesh, s)
                      for s in _leaf_specs(tree, rule_table, mesh)]
     at = [i for i, leaf in enumerate(leaves) if _is_array(leaf)]
-    placed = place_copies([leaves[i] for i in at], [target_leaves[i] for i in at])
+    arrays, targets = [leaves[i] for i in at], [target_leaves[i] for i in at]
+    placed = place_copies(arrays, targets) if copy else jax.device_put(arrays, targets)
     for i, array in zip(at, placed):
         leaves[i] = array
     out = jax.tree.unflatten(treedef, leaves)
