@@ -10,6 +10,7 @@ import dataclasses
 import equinox as eqx
 import jax
 from einops import rearrange
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Bool, Float, PRNGKeyArray, PyTree
 
 from eqvlp.kernels.attention import (
@@ -155,8 +156,12 @@ class MultiheadAttention(eqx.Module):
         context = x if context is None else context
         split = lambda t: rearrange(t, "s (h d) -> s h d", h=self.num_heads)  # noqa: E731
         q, k, v = split(self.query(x)), split(self.key(context)), split(self.value(context))
+        # Named for TransformerBlock's backward, which keeps q, k, v and the attended values
+        # and recomputes the softmax (eqvlp.nn.block.SAVED_FOR_BACKWARD).
+        q, k, v = (checkpoint_name(t, "attention_qkv") for t in (q, k, v))
         out = dot_product_attention(q, k, v, mask=mask, causal=causal, impl=self.impl)
-        return self.output(rearrange(out, "s h d -> s (h d)").astype(x.dtype))
+        out = checkpoint_name(rearrange(out, "s h d -> s (h d)").astype(x.dtype), "attention_out")
+        return self.output(out)
 
 
 def with_attention_impl(tree: PyTree, impl: "str | AttentionImpl | None") -> PyTree:

@@ -5,6 +5,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from eqvlp.nn.linear import Linear
@@ -49,4 +50,7 @@ class MLP(eqx.Module):
         self.activation = activation
 
     def __call__(self, x: Float[Array, "*batch dim"]) -> Float[Array, "*batch dim"]:
-        return self.fc2(get_activation(self.activation)(self.fc1(x)))
+        # Named for TransformerBlock's backward, which keeps the hidden layer before the
+        # activation and recomputes the activation (eqvlp.nn.block.SAVED_FOR_BACKWARD).
+        hidden = checkpoint_name(self.fc1(x), "mlp_hidden")
+        return self.fc2(get_activation(self.activation)(hidden))
