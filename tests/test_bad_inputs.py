@@ -365,3 +365,20 @@ def test_numpy_integers_are_sizes():
         assert np.isfinite(losses.chunked_sigmoid_loss(z, z, 10.0, -10.0, chunk_size=np.int64(2)))
         with pytest.raises(ValueError, match=r"image_size must be >= 1 on both sides, got \(0, 16\)"):
             patch_grid((0, 16), 8)
+
+
+def test_mask_configs_name_the_valid_values():
+    """`__post_init__` validates (the test suite's jaxtyping hook would catch a bad Literal at
+    `__init__` before it, so the instances are altered after a valid construction)."""
+    from eqvlp.masking import ImageMask, TextMask
+
+    def rejected(config, **changes):
+        for name, value in changes.items():
+            object.__setattr__(config, name, value)
+        with pytest.raises(ValueError) as error:
+            config.__post_init__()
+        return str(error.value)
+
+    assert "did you mean 'grid'" in rejected(ImageMask(), kind="Grid")
+    assert "grid mask window must be >= 1" in rejected(ImageMask(kind="grid"), window=0)
+    assert "did you mean 'truncate'" in rejected(TextMask(eos_token_id=2), kind="trunc")

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from eqvlp.config_checks import check_fields
 from eqvlp.nn.patch_embedding import as_pair
 
 
@@ -98,9 +99,12 @@ class ImageMask:
     window: int | tuple[int, int] = 2
 
     def __post_init__(self):
-        if self.kind not in ("random", "grid", "block"):
-            raise ValueError(f"unknown image mask {self.kind!r}: use 'random', 'grid' or 'block'")
+        check_fields(self)
         num_random_kept(1_000_000, self.keep_ratio)
+        window = self.window if isinstance(self.window, tuple) else (self.window,) * 2
+        if self.kind == "grid" and min(window) < 1:
+            raise ValueError(f"grid mask window must be >= 1 patch, got {self.window}: "
+                             "2 keeps one patch in four")
 
     def indices(self, key: PRNGKeyArray, grid: int | tuple[int, int]) -> Int[Array, " keep"]:
         if self.kind == "random":

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Int, PRNGKeyArray
 
+from eqvlp.config_checks import check_fields
 from eqvlp.masking.tagger import PRIORITY, tag_words
 
 
@@ -130,10 +131,7 @@ class TextMask:
     pad_token_id: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("truncate", "random", "block", "syntax"):
-            raise ValueError(
-                f"unknown text mask {self.kind!r}: use 'truncate', 'random', 'block' or 'syntax'"
-            )
+        check_fields(self)
         if self.length < 3:
             raise ValueError(f"text mask length must be >= 3, got {self.length}")
 

@@ -133,4 +133,6 @@ def with_optimizer(state: dict, cfg: TrainConfig, rules, mesh):
     if "opt_state" in state:
         opt_state = carry_optimizer_state(state["opt_state"], opt_state)
     arrays, static = eqx.partition(dict(state, opt_state=opt_state), eqx.is_array)
-    return eqx.combine(sharding.shard(arrays, rules, mesh), static), optimizer
+    # The run made these arrays itself and nobody else holds them: place them without a
+    # transient second copy (the step donates them).
+    return eqx.combine(sharding.shard(arrays, rules, mesh, copy=False), static), optimizer
