@@ -227,12 +227,16 @@ def test_vqa_two_tower_resumes_exactly(tmp_path):
     whole = finetune(cfg, log=quiet, progress=False)
     assert whole["resumed_from"] == 0 and set(whole) >= {f"accuracy_{k}" for k in VQA_KINDS}
     assert (tmp_path / "tokenizer.json").exists()
-    # as if killed after step 3: the step-4 checkpoint never committed
-    import shutil
-
-    shutil.rmtree(tmp_path / "checkpoints" / "step_00000004")
-    resumed = finetune(cfg, log=quiet, progress=False)
+    # the step-4 checkpoint is damaged (a chunk lost): the run falls back to step 2, sets
+    # step 4 aside and redoes steps 3 and 4 exactly
+    chunk = next(p for p in (tmp_path / "checkpoints" / "step_00000004").rglob("*")
+                 if p.is_file() and p.parent.name == "c")
+    chunk.unlink()
+    logs = []
+    resumed = finetune(cfg, log=logs.append, progress=False)
     assert resumed["resumed_from"] == 2
+    assert any("step 4 is damaged" in line for line in logs)
+    assert (tmp_path / "checkpoints" / "step_00000004.damaged").is_dir()
     assert resumed["accuracy"] == whole["accuracy"]
     assert resumed["final_loss"] == whole["final_loss"]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -297,3 +301,11 @@ def test_finetune_cli_errors_are_clear(tmp_path, capsys):
                                                    str(tmp_path / "missing"))
     main(["finetune", "--help-config"])
     assert "fused.band_height = 48" in capsys.readouterr().out
+
+
+def test_a_second_run_on_a_locked_directory_stops_before_any_work(tmp_path):
+    from eqvlp.train.lock import RunLock, RunLocked
+
+    with RunLock(tmp_path), pytest.raises(RunLocked, match="in use by another run"):
+        finetune(tiny(tmp_path), log=quiet, progress=False)
+    assert not (tmp_path / "config.json").exists()

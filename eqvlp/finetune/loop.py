@@ -41,6 +41,7 @@ from eqvlp.models.clippo import CLIPPO
 from eqvlp.train import checkpoint
 from eqvlp.train.config import to_json
 from eqvlp.train.curves import plot_metrics
+from eqvlp.train.lock import RunLock
 from eqvlp.train.loop import context_length, skipped_steps, text_mode, text_preparer
 from eqvlp.train.optim import learning_rate, make_optimizer
 
@@ -257,6 +258,12 @@ def finetune(cfg: FinetuneConfig, *, model=None, tokenizer=None,
     """
     workdir = Path(cfg.run_dir)
     workdir.mkdir(parents=True, exist_ok=True)
+    with RunLock(workdir, log=log):  # one run per directory, as `eqvlp train`
+        return _finetune(cfg, workdir, model, tokenizer, prepare_text, log, progress)
+
+
+def _finetune(cfg: FinetuneConfig, workdir: Path, model, tokenizer, prepare_text, log,
+              progress) -> dict:
     (workdir / "config.json").write_text(json.dumps(to_json(cfg), indent=1))
     ckpt_dir = workdir / "checkpoints"
     given = model is not None
@@ -281,15 +288,26 @@ def finetune(cfg: FinetuneConfig, *, model=None, tokenizer=None,
     optimizer = optax.chain(make_optimizer(cfg.optim, trainable, cfg.steps),
                             scale_by_factors(factors))
     opt_state = optimizer.init(eqx.filter(trainable, eqx.is_array))
-    start = checkpoint.latest_step(ckpt_dir) or 0
-    data_state = None
-    if start:
-        state = {"trainable": eqx.filter(trainable, eqx.is_array), "opt_state": opt_state}
-        restored, extra = checkpoint.restore(
-            ckpt_dir, state, jax.tree.map(lambda x: x.sharding, state), step=start)
+    start, data_state, damaged = 0, None, []
+    state = {"trainable": eqx.filter(trainable, eqx.is_array), "opt_state": opt_state}
+    for step in checkpoint.committed_steps(ckpt_dir)[::-1]:  # the newest intact one, as train
+        try:
+            restored, extra = checkpoint.restore(ckpt_dir, state, step=step)
+        except checkpoint.CheckpointError as error:
+            damaged.append(f"step {step}: {error}")
+            continue
+        for bad in checkpoint.committed_steps(ckpt_dir):
+            if bad > step:  # kept for inspection, no longer resumed from
+                log(f"warning: checkpoint step {bad} is damaged; set aside as "
+                    f"{checkpoint.set_aside(ckpt_dir, bad)}")
         trainable = eqx.combine(restored["trainable"], trainable)
-        opt_state, data_state = restored["opt_state"], extra.get("data")
+        opt_state, data_state, start = restored["opt_state"], extra.get("data"), step
         log(f"resumed from step {start} ({ckpt_dir})")
+        break
+    if damaged and not start:
+        raise checkpoint.CheckpointError(
+            f"no intact checkpoint in {ckpt_dir}, nothing changed: " + "; ".join(damaged)
+            + ". Move the directory away to start afresh")
     step_fn = make_step(optimizer, job.loss)
     schedule = learning_rate(cfg.optim, cfg.steps)
     batches = job.make_batches(data_state)
