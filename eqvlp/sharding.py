@@ -211,7 +211,9 @@ def _is_array(leaf) -> bool:
     return hasattr(leaf, "shape") and hasattr(leaf, "dtype")
 
 
-def _child(node, key):
+def path_child(node, key):
+    """The child of `node` that one `jax.tree_util` path entry names (attribute, index or dict
+    key); `LookupError` for any other kind of entry."""
     if isinstance(key, jax.tree_util.GetAttrKey):
         return getattr(node, key.name)
     if isinstance(key, jax.tree_util.SequenceKey):
@@ -273,7 +275,7 @@ def _leaf_roles(tree: PyTree) -> list[str | None]:
         try:
             for key in path:
                 owners.append((node, getattr(key, "name", getattr(key, "idx", getattr(key, "key", "")))))
-                node = _child(node, key)
+                node = path_child(node, key)
         except (LookupError, AttributeError, TypeError, IndexError):
             roles.append(_role_from_shape(len(leaf.shape)))
             continue

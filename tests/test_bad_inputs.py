@@ -7,7 +7,6 @@ The suite's jaxtyping hook would reject some of these inputs first with its own 
 those cases run inside `unchecked()`: what a user sees is eqvlp's message.
 """
 
-import contextlib
 import dataclasses
 import re
 import warnings
@@ -15,7 +14,6 @@ import warnings
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jaxtyping
 import numpy as np
 import pytest
 from jax.sharding import AxisType
@@ -26,21 +24,17 @@ from eqvlp.data import DataConfig
 from eqvlp.nn import as_pair, patch_grid, pool
 from eqvlp.render import RenderConfig, render_text
 from eqvlp.render.unifont import build_table, parse_hex
-from eqvlp.train.config import ClipaConfig, EvalConfig, LossConfig, MeshConfig, TrainConfig
+from eqvlp.testing import unchecked
+from eqvlp.train.config import (
+    ClipaConfig,
+    EvalConfig,
+    LossConfig,
+    MeshConfig,
+    TrainConfig,
+)
 from eqvlp.train.optim import OptimConfig
 
 VOCAB, LENGTH = 50, 8
-
-
-@contextlib.contextmanager
-def unchecked():
-    """Production behaviour: without the suite's jaxtyping hook, eqvlp's own checks speak."""
-    old = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", old)
 
 
 def tiny_config() -> models.CLIPConfig:

@@ -4,13 +4,11 @@ the probe against scikit-learn, and feature extraction (padding, one compilation
 Shapes are tiny and shared between tests so that the file compiles few programs.
 """
 
-import contextlib
 import json
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jaxtyping
 import numpy as np
 import pytest
 from jaxtyping import Array, Float, Int
@@ -18,19 +16,8 @@ from jaxtyping import Array, Float, Int
 from eqvlp import eval as ev
 from eqvlp import models
 from eqvlp.sharding import make_mesh
+from eqvlp.testing import unchecked
 from eqvlp.tokenizer import tokenize, train_tokenizer
-
-
-@contextlib.contextmanager
-def unchecked():
-    """Production behaviour: the suite's jaxtyping hook would reject some bad shapes before
-    eqvlp's own checks (with a TypeError), so the messages users see are tested without it."""
-    old = jaxtyping.config.jaxtyping_disable
-    jaxtyping.config.update("jaxtyping_disable", True)
-    try:
-        yield
-    finally:
-        jaxtyping.config.update("jaxtyping_disable", old)
 
 
 def unit(x):

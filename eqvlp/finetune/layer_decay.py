@@ -19,6 +19,7 @@ from eqvlp.models.onetower import OneTowerCLIP
 from eqvlp.models.text import TextTransformer
 from eqvlp.models.vit import ViT
 from eqvlp.nn import Encoder
+from eqvlp.sharding import path_child
 
 _EMBEDDING_FIELDS = ("patch_embedding", "class_token", "position_embedding", "pre_norm",
                      "token_embedding")
@@ -65,13 +66,11 @@ def layer_decay_factors(tree: PyTree, decay: float) -> PyTree:
 
 
 def _child(node, entry):
-    if isinstance(entry, jax.tree_util.GetAttrKey):
-        return getattr(node, entry.name)
-    if isinstance(entry, jax.tree_util.SequenceKey):
-        return node[entry.idx]
-    if isinstance(entry, jax.tree_util.DictKey):
-        return node[entry.key]
-    return node
+    """The node `entry` names; an entry of another kind (none in eqvlp models) stays put."""
+    try:
+        return path_child(node, entry)
+    except LookupError:
+        return node
 
 
 def scale_by_factors(factors: PyTree) -> optax.GradientTransformation:

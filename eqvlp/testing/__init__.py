@@ -7,6 +7,7 @@
   reference, and closed-form values, 200 hypothesis examples each.
 - `check_*`: the same properties as plain functions on concrete inputs.
 - `closed_forms`: exact losses on aligned / orthogonal batches.
+- `unchecked()`: a block without the suite's jaxtyping hook, to test eqvlp's own error messages.
 
 Requires `hypothesis` (a test dependency of eqvlp, not a runtime one).
 See docs/tutorial_property_testing.md.
@@ -24,6 +25,7 @@ from eqvlp.testing.properties import (
     check_swap_symmetry,
     value_and_grads,
 )
+from eqvlp.testing.typecheck import unchecked
 
 __all__ = [
     "LossProperties",
@@ -36,5 +38,6 @@ __all__ = [
     "check_swap_symmetry",
     "closed_forms",
     "strategies",
+    "unchecked",
     "value_and_grads",
 ]
