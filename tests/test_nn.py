@@ -213,7 +213,8 @@ def test_cast_floating_keeps_float32_master_gradients(getkey):
 
 def naive_conv_stem(stem, image):
     """Loops over output pixels: stride-2 3x3 convolutions with XLA's SAME padding (the one
-    extra pixel goes after), channel LayerNorm, GELU, then the 1x1 projection."""
+    extra pixel goes after), channel LayerNorm (when the stem has one), GELU, then the 1x1
+    projection."""
     x = np.asarray(image, np.float64)
     for kernel in stem.kernels:
         kernel = np.asarray(kernel, np.float64)
@@ -224,18 +225,39 @@ def naive_conv_stem(stem, image):
             for j in range(w // 2):
                 window = padded[2 * i:2 * i + 3, 2 * j:2 * j + 3]
                 out[i, j] = np.einsum("hwc,hwco->o", window, kernel)
-        out = (out - out.mean(-1, keepdims=True)) / np.sqrt(out.var(-1, keepdims=True) + 1e-6)
+        if stem.norm:
+            out = (out - out.mean(-1, keepdims=True)) / np.sqrt(out.var(-1, keepdims=True) + 1e-6)
         x = np.asarray(jax.nn.gelu(jnp.asarray(out, jnp.float32)), np.float64)
     tokens = x.reshape(-1, x.shape[-1])
     return tokens @ np.asarray(stem.projection.weight) + np.asarray(stem.projection.bias)
 
 
-def test_conv_stem_matches_naive_reference(getkey):
-    stem = nn.ConvStem(4, 12, widths=(5, 7), key=getkey())
+@pytest.mark.parametrize("norm", [True, False])
+def test_conv_stem_matches_naive_reference(getkey, norm):
+    stem = nn.ConvStem(4, 12, widths=(5, 7), norm=norm, key=getkey())
     image = jax.random.normal(getkey(), (8, 12, 3))
     tokens = stem(image)
     assert tokens.shape == (2 * 3, 12)  # the same tokens as a 4x4 patch embedding
     np.testing.assert_allclose(tokens, naive_conv_stem(stem, image), rtol=1e-4, atol=1e-4)
+
+
+def test_conv_stem_norm_is_config_only(getkey):
+    """`stem_norm` changes the computation, not the parameters: checkpoints of either load."""
+    from eqvlp import models
+
+    def vit(stem_norm):
+        config = models.ViTConfig.tiny(image_size=16, patch_size=4, depth=1, stem="conv",
+                                       stem_norm=stem_norm, projection_dim=8)
+        return models.ViT(config, key=jax.random.key(0))
+
+    def arrays(model):
+        return [(jax.tree_util.keystr(path), leaf.shape) for path, leaf
+                in jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_array))]
+
+    with_norm, without = vit(True), vit(False)
+    assert arrays(with_norm) == arrays(without)
+    image = jax.random.normal(getkey(), (16, 16, 3))
+    assert not np.allclose(with_norm(image), without(image))
 
 
 def test_conv_stem_errors_name_the_fix(getkey):

@@ -30,7 +30,8 @@ class ViTConfig:
     `pre_norm` adds OpenAI CLIP's LayerNorm on the patch tokens before the encoder;
     `projection_dim=None` means the pooled vector is the embedding (SigLIP).
     `stem="conv"` replaces the linear patch embedding with stride-2 3x3 convolutions
-    (`eqvlp.nn.ConvStem`, widths `stem_widths`): same tokens, shapes learned much faster.
+    (`eqvlp.nn.ConvStem`, widths `stem_widths`): same tokens, shapes learned much faster;
+    `stem_norm=False` drops its per-pixel channel LayerNorm (faster still on small data).
     """
 
     image_size: int | tuple[int, int] = 224
@@ -47,6 +48,7 @@ class ViTConfig:
     patch_bias: bool = True
     stem: Literal["patch", "conv"] = "patch"
     stem_widths: tuple[int, ...] | None = None
+    stem_norm: bool = True
     pooling: Literal["cls", "gap", "map"] = "cls"
     projection_dim: int | None = 512
     projection_bias: bool = False

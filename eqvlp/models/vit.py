@@ -38,7 +38,7 @@ class ViT(eqx.Module):
         self.config = c
         if c.stem == "conv":
             self.patch_embedding = ConvStem(c.patch_size, c.width, widths=c.stem_widths,
-                                            key=keys[0])
+                                            norm=c.stem_norm, key=keys[0])
         else:
             self.patch_embedding = PatchEmbedding(
                 c.patch_size, c.width, use_bias=c.patch_bias, key=keys[0]

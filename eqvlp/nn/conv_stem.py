@@ -47,7 +47,14 @@ def _halvings(patch_size: int | tuple[int, int]) -> int:
 
 class ConvStem(eqx.Module):
     """`(H, W, C) -> (H/p * W/p, dim)`: `log2(p)` 3x3 stride-2 convolutions, each followed by a
-    channel LayerNorm and GELU, then a 1x1 projection (a `Linear`) to the model width.
+    channel LayerNorm (when `norm`) and GELU, then a 1x1 projection (a `Linear`) to the model
+    width.
+
+    `norm=False` drops the per-pixel channel LayerNorm. Xiao et al. use BatchNorm, which a
+    per-example block cannot; a LayerNorm over each pixel's channels rescales every pixel on its
+    own, which discards the local contrast that edges are made of: on the embedded shapes
+    dataset, shape classification from scratch reached 0.76 after 300 steps with it and 0.87
+    without (measured on the default ViT, supervised).
 
     Kernels are stored `(3, 3, in, out)` (HWIO). Per-example like every `eqvlp.nn` block.
     """
@@ -56,6 +63,7 @@ class ConvStem(eqx.Module):
     projection: Linear
     patch_size: tuple[int, int] = eqx.field(static=True)
     channels: int = eqx.field(static=True)
+    norm: bool = eqx.field(static=True)
 
     def __init__(
         self,
@@ -64,12 +72,14 @@ class ConvStem(eqx.Module):
         *,
         channels: int = 3,
         widths: tuple[int, ...] | None = None,
+        norm: bool = True,
         key: PRNGKeyArray,
     ):
         widths = conv_stem_widths(patch_size, dim, widths)
         steps = len(widths)
         self.patch_size = as_pair(patch_size)
         self.channels = channels
+        self.norm = norm
         keys = jax.random.split(key, steps + 1)
         self.kernels, fan_in = [], channels
         for k, width in zip(keys[:-1], widths):
@@ -94,8 +104,11 @@ class ConvStem(eqx.Module):
                 x, kernel.astype(x.dtype), (2, 2), "SAME",
                 dimension_numbers=("NHWC", "HWIO", "NHWC"),
             )
-            xf = x.astype(jnp.float32)
-            mean = xf.mean(-1, keepdims=True)
-            var = jnp.square(xf - mean).mean(-1, keepdims=True)
-            x = jax.nn.gelu((xf - mean) * jax.lax.rsqrt(var + 1e-6)).astype(x.dtype)
+            if self.norm:
+                xf = x.astype(jnp.float32)
+                mean = xf.mean(-1, keepdims=True)
+                var = jnp.square(xf - mean).mean(-1, keepdims=True)
+                x = jax.nn.gelu((xf - mean) * jax.lax.rsqrt(var + 1e-6)).astype(x.dtype)
+            else:
+                x = jax.nn.gelu(x)
         return self.projection(x[0].reshape(-1, x.shape[-1]))
