@@ -24,6 +24,7 @@ from eqvlp.data.shapes import (
     captions_corpus,
     coverage,
     draw,
+    held_out_mask,
     label,
     zeroshot_task,
 )
@@ -114,6 +115,18 @@ def test_held_out_pairs_never_in_train_and_half_of_test():
         r = test[i]
         assert r["held_out"] == ((r["shape"], r["colour"]) in HELD_OUT)
         assert all((o.shape, o.colour) not in HELD_OUT for o in test.scene(i).objects[1:])
+
+
+def test_held_out_mask_reads_the_record_keys():
+    config = ShapesConfig(image_size=32, seed=3)
+    test = Shapes("test", num_samples=40, config=config)
+    keys = [test[i]["key"] for i in range(40)][::-1]
+    expected = [test[i]["held_out"] for i in range(40)][::-1]
+    assert held_out_mask(keys, config=config).tolist() == expected
+    assert 0 < sum(expected) < 40
+    assert not held_out_mask([Shapes("val")[3]["key"]]).any()
+    with pytest.raises(ValueError, match="not a shapes record key"):
+        held_out_mask(["shard-00001/000012"])
 
 
 def test_captions_are_true_distinct_and_varied():

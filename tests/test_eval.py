@@ -368,3 +368,44 @@ def test_clip_tiny_end_to_end(getkey):
     assert out["num_images"] == 6 and out["num_texts"] == 12
     assert all(0 <= out[k] <= 1 for k in out if "_r" in k)
     assert out["t2i_r10"] == 1.0  # 6 images: each caption's own image is in its top 10
+
+
+class PixelOracle(eqx.Module):
+    """Image features: the top-left pixel; text features: the first three token ids."""
+
+    def encode_image(self, images: Float[Array, "b h w 3"]) -> Float[Array, "b 3"]:
+        return images[:, 0, 0, :]
+
+    def encode_text(self, ids: Int[Array, "b n"]) -> Float[Array, "b 3"]:
+        return ids[:, :3].astype(jnp.float32)
+
+
+def test_evaluate_scores_groups_apart():
+    """`groups` adds top-1 over each group's images, from the same class embeddings."""
+    from eqvlp.eval.evaluate import EvalSet, evaluate
+
+    labels = np.array([0, 1, 2, 0, 1, 2, 0, 1])
+    shown = np.array([0, 1, 2, 0, 1, 0, 2, 1])  # images 5 and 6 show another class
+    images = np.zeros((8, 2, 2, 3), np.uint8)
+    images[np.arange(8), 0, 0, shown] = 255
+
+    def prepare(texts):
+        ids = np.zeros((len(texts), 4), np.int32)
+        for row, text in enumerate(texts):
+            ids[row, int(text[-1])] = 1
+        return ids
+
+    seen = np.array([True] * 4 + [False] * 4)
+    results = evaluate(PixelOracle(), EvalSet(images, [["x"]] * 8, labels, [str(i) for i in
+                                                                             range(8)]),
+                       prepare_text=prepare, normalize=((0.0,) * 3, (1.0,) * 3), classnames=["0", "1", "2"],
+                       templates=["class {}"], tasks=("zeroshot",), batch_size=8,
+                       groups={"seen": seen, "unseen": ~seen})
+    assert results["zeroshot_top1"] == pytest.approx(6 / 8)
+    assert results["zeroshot_top1_seen"] == pytest.approx(1.0)
+    assert results["zeroshot_top1_unseen"] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="one bool per image"):
+        evaluate(PixelOracle(), EvalSet(images, [["x"]] * 8, labels, [""] * 8),
+                 prepare_text=prepare, normalize=((0.0,) * 3, (1.0,) * 3), classnames=["0", "1", "2"],
+                 templates=["class {}"], tasks=("zeroshot",), batch_size=8,
+                 groups={"seen": seen[:3]})

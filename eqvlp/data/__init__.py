@@ -1,6 +1,7 @@
 """The input side of training and evaluation: sources, preprocessing, the grain pipeline.
 
 - `Shapes`, `ShapesConfig`, `zeroshot_task`, `label`, `captions_corpus`, `caption_pairs`,
+  `held_out_mask`,
   `HELD_OUT`, `SHAPES`, `COLOURS`, `SIZES`, `POSITIONS`: the embedded captioned-shapes dataset
   (no download).
 - `ShardSource`, `resolve_shards`, `write_shards`: image-text shards in the webdataset layout.
@@ -38,6 +39,7 @@ from eqvlp.data.shapes import (
     ShapesConfig,
     caption_pairs,
     captions_corpus,
+    held_out_mask,
     label,
     zeroshot_task,
 )
@@ -58,25 +60,26 @@ __all__ = [
     "POSITIONS",
     "SHAPES",
     "SIZES",
-    "caption_pairs",
-    "captions_corpus",
-    "label",
     "DataConfig",
     "ImageAugment",
     "Loader",
     "MixedBatch",
-    "ShapesConfig",
     "Shapes",
+    "ShapesConfig",
     "ShardSource",
     "SkipCounts",
     "TextAugment",
     "augment_image",
     "augment_text",
+    "caption_pairs",
+    "captions_corpus",
     "cotraining_batches",
     "decode_image",
     "eval_image",
     "fit_tokenizer",
     "global_batch",
+    "held_out_mask",
+    "label",
     "make_source",
     "mix_text_pairs",
     "normalization",

@@ -453,6 +453,20 @@ class Shapes:
         }
 
 
+def held_out_mask(keys: list[str], *, config: ShapesConfig = ShapesConfig()) -> np.ndarray:
+    """Whether each sample, named by its record key (`shapes-{split}-{index}`), shows a
+    colour+shape pair that "train" never shows: to score compositional generalisation apart."""
+    held = []
+    for key in keys:
+        match = re.fullmatch(r"shapes-(\w+)-(\d+)", key)
+        if match is None:
+            raise ValueError(f"{key!r} is not a shapes record key (shapes-SPLIT-INDEX): "
+                             "held_out_mask reads only the embedded dataset's samples")
+        split, index = match.group(1), int(match.group(2))
+        held.append(sample_scene(_rng(config, split, index), split, config).held_out)
+    return np.asarray(held, bool)
+
+
 def label_shape_colour(shape: int, colour: int) -> int:
     """The "shape_colour" class: `colour * len(SHAPES) + shape`, as ordered by zeroshot_task."""
     return colour * len(SHAPES) + shape

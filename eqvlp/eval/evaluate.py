@@ -8,7 +8,7 @@ knows no model.
 """
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -74,6 +74,7 @@ def evaluate(
     batch_size: int = 256,
     mesh: jax.sharding.Mesh | None = None,
     progress: bool = False,
+    groups: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """Zero-shot and retrieval metrics of `model` on `eval_set`, as a flat dict.
 
@@ -82,6 +83,9 @@ def evaluate(
     - `normalize`: `(mean, std)` of uint8 images, as the model was trained.
     - `classnames`, `templates`: the zero-shot classes (labels index `classnames`).
     - `tasks`: any of `"zeroshot"`, `"retrieval"`.
+    - `groups`: named boolean masks over the images (e.g. the shapes test split's seen and
+      unseen colour+shape pairs, `eqvlp.data.held_out_mask`); each adds
+      `zeroshot_top1_{name}` over its labelled images.
 
     **Returns:** `zeroshot_top1`, `zeroshot_top5`, `zeroshot_mean_per_class_recall`,
     `i2t_r1/5/10`, `t2i_r1/5/10`, `num_images`, `num_texts` (for the tasks run).
@@ -105,6 +109,15 @@ def evaluate(
         metrics = zeroshot(image_features[labelled], classes, eval_set.labels[labelled])
         results.update({"zeroshot_top1": metrics["top1"], "zeroshot_top5": metrics["top5"],
                         "zeroshot_mean_per_class_recall": metrics["mean_per_class_recall"]})
+        for name, mask in (groups or {}).items():
+            mask = np.asarray(mask, bool)
+            if mask.shape != labelled.shape:
+                raise ValueError(f"group {name!r} has {mask.shape[0] if mask.ndim else 0} flags "
+                                 f"for {len(eval_set)} images: give one bool per image")
+            chosen = mask & labelled
+            if chosen.any():
+                results[f"zeroshot_top1_{name}"] = zeroshot(
+                    image_features[chosen], classes, eval_set.labels[chosen], ks=(1,))["top1"]
     if "retrieval" in tasks:
         texts = [c for captions in eval_set.captions for c in captions]
         owner = np.repeat(np.arange(len(eval_set)), [len(c) for c in eval_set.captions])

@@ -26,6 +26,7 @@ from eqvlp.data import (
     Loader,
     fit_tokenizer,
     global_batch,
+    held_out_mask,
     make_source,
     normalization,
     normalize_images,
@@ -366,6 +367,13 @@ def _train(cfg: TrainConfig, workdir: Path, ckpt_dir: Path, *, log, progress: bo
             eval_sets[size] = load_eval_set(eval_data, num_samples=cfg.eval.num_samples)
         return eval_sets[size]
 
+    def groups(eval_set):
+        """The embedded test split: zero-shot on seen and on unseen colour+shape pairs apart."""
+        if cfg.eval.data != "shapes" or label_key != "shape_colour":
+            return None
+        held = held_out_mask(eval_set.keys, config=data.shapes)
+        return {"seen_pairs": ~held, "unseen_pairs": held} if held.any() else None
+
     if tasks:
         eval_set(phase.data.image_size)  # bad evaluation data fails now, not after training
 
@@ -376,9 +384,10 @@ def _train(cfg: TrainConfig, workdir: Path, ckpt_dir: Path, *, log, progress: bo
         batch = cfg.eval.batch_size - cfg.eval.batch_size % math.prod(
             mesh.shape[a] for a in sharding.BATCH_AXES)
         with jax.set_mesh(mesh):
-            return evaluate(evaluated, eval_set(phase.data.image_size), prepare_text=prepare,
+            images = eval_set(phase.data.image_size)
+            return evaluate(evaluated, images, prepare_text=prepare,
                             normalize=mean_std, classnames=classnames, templates=templates,
-                            tasks=tasks, batch_size=batch, mesh=mesh)
+                            tasks=tasks, batch_size=batch, mesh=mesh, groups=groups(images))
 
     metrics_file = (workdir / "metrics.jsonl").open("a") if main_process else None
     samples_file = None
