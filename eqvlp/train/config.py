@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 from eqvlp import models
 from eqvlp.config_checks import check_fields
-from eqvlp.data import DataConfig, TextAugment
+from eqvlp.data import DataConfig, ImageAugment, TextAugment
 from eqvlp.models.presets import ModelConfig
 from eqvlp.render import RenderConfig
 from eqvlp.train.optim import OptimConfig
@@ -228,7 +228,11 @@ class TrainConfig:
 
 
 def _shapes_data(**kw) -> DataConfig:
-    return DataConfig(**{"data": "shapes", "image_size": 64, "context_length": 16, **kw})
+    # No random resized crop: every training sample is drawn afresh, and a crop's aspect change
+    # turns the circles and squares that captions name into ellipses and rectangles (measured
+    # with the stem and pooling below: zero-shot 0.52 -> 0.64 after 1200 steps, with gap pooling)
+    return DataConfig(**{"data": "shapes", "image_size": 64, "context_length": 16,
+                         "augment": ImageAugment(scale=(1.0, 1.0), ratio=(1.0, 1.0)), **kw})
 
 
 def _default() -> TrainConfig:
@@ -237,17 +241,22 @@ def _default() -> TrainConfig:
         model=dataclasses.replace(
             models.config("clip-tiny"),
             # A conv stem to 16 x 16 patches: shapes are learned several times faster than
-            # through 8 x 8 linear patches, and 16 tokens make a step ~2.4x cheaper.
+            # through 8 x 8 linear patches, and 16 tokens make a step ~2.4x cheaper. Without
+            # the stem's per-pixel LayerNorm, shapes are learned faster again and a step is ~20%
+            # cheaper (zero-shot after 1200 steps: 0.37 -> 0.52); mean pooling instead of a
+            # class token learns faster on this data too.
             vision=models.ViTConfig.tiny(image_size=64, patch_size=16, width=96, depth=3,
                                          num_heads=3, mlp_dim=192, projection_dim=64,
-                                         stem="conv", stem_widths=(24, 48, 96, 96)),
+                                         stem="conv", stem_widths=(24, 48, 96, 96),
+                                         stem_norm=False, class_token=False, pooling="gap"),
             text=models.TextConfig.tiny(width=96, depth=3, num_heads=3, mlp_dim=192,
                                         projection_dim=64),
         ),
         data=_shapes_data(workers=1),
         eval=EvalConfig(every=600),
         optim=OptimConfig(lr=2e-3, warmup_steps=100, weight_decay=0.05),
-        steps=2400, batch_size=128, checkpoint_every=600, workdir="runs/default",
+        # 1200 steps of 128: under 10 minutes on 2 CPU cores, evaluations included
+        steps=1200, batch_size=128, checkpoint_every=600, workdir="runs/default",
     )
 
 
