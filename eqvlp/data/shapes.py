@@ -463,7 +463,7 @@ def held_out_mask(keys: list[str], *, config: ShapesConfig = ShapesConfig()) -> 
             raise ValueError(f"{key!r} is not a shapes record key (shapes-SPLIT-INDEX): "
                              "held_out_mask reads only the embedded dataset's samples")
         split, index = match.group(1), int(match.group(2))
-        held.append(sample_scene(_rng(config, split, index), split, config).held_out)
+        held.append(Shapes(split, num_samples=index + 1, config=config).scene(index).held_out)
     return np.asarray(held, bool)
 
 

@@ -367,15 +367,16 @@ def _train(cfg: TrainConfig, workdir: Path, ckpt_dir: Path, *, log, progress: bo
             eval_sets[size] = load_eval_set(eval_data, num_samples=cfg.eval.num_samples)
         return eval_sets[size]
 
-    def groups(eval_set):
+    def pair_groups(eval_set):
         """The embedded test split: zero-shot on seen and on unseen colour+shape pairs apart."""
         if cfg.eval.data != "shapes" or label_key != "shape_colour":
             return None
         held = held_out_mask(eval_set.keys, config=data.shapes)
         return {"seen_pairs": ~held, "unseen_pairs": held} if held.any() else None
 
-    if tasks:
-        eval_set(phase.data.image_size)  # bad evaluation data fails now, not after training
+    groups = None  # the same samples at every image size: flagged once
+    if tasks:  # bad evaluation data fails now, not after training
+        groups = pair_groups(eval_set(phase.data.image_size))
 
     def run_eval() -> dict:
         evaluated = eqx.combine(arrays, static)
@@ -384,10 +385,9 @@ def _train(cfg: TrainConfig, workdir: Path, ckpt_dir: Path, *, log, progress: bo
         batch = cfg.eval.batch_size - cfg.eval.batch_size % math.prod(
             mesh.shape[a] for a in sharding.BATCH_AXES)
         with jax.set_mesh(mesh):
-            images = eval_set(phase.data.image_size)
-            return evaluate(evaluated, images, prepare_text=prepare,
+            return evaluate(evaluated, eval_set(phase.data.image_size), prepare_text=prepare,
                             normalize=mean_std, classnames=classnames, templates=templates,
-                            tasks=tasks, batch_size=batch, mesh=mesh, groups=groups(images))
+                            tasks=tasks, batch_size=batch, mesh=mesh, groups=groups)
 
     metrics_file = (workdir / "metrics.jsonl").open("a") if main_process else None
     samples_file = None
