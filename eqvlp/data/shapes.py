@@ -238,15 +238,23 @@ def _place(rng: np.random.Generator, shape: int, colour: int, size: int, cell: i
 
 # Shapes as signed distances (negative inside) in coordinates scaled by the radius, so that
 # every shape fits in [-1, 1]^2 (y down). Exact near the edges, which is all anti-aliasing needs.
-def _polygon(u, v, vertices):
+def _polygon_edges(vertices) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Each edge of a convex polygon as (a point on it, its outward unit normal)."""
     vertices = np.asarray(vertices, np.float32)
     inward = vertices.mean(0)
-    d = None
+    edges = []
     for a, b in zip(vertices, np.roll(vertices, -1, axis=0)):
         n = np.array([b[1] - a[1], a[0] - b[0]], np.float32)
         n /= np.linalg.norm(n)
         if n @ (inward - a) > 0:
             n = -n
+        edges.append((a, n))
+    return tuple(edges)
+
+
+def _polygon(u, v, edges):
+    d = None
+    for a, n in edges:
         e = (u - a[0]) * n[0] + (v - a[1]) * n[1]
         d = e if d is None else np.maximum(d, e)
     return d
@@ -271,10 +279,12 @@ def _star(u, v):
 _SDF = {
     "circle": lambda u, v: np.hypot(u, v) - 1,
     "square": lambda u, v: _box(u, v, 0.85, 0.85),
-    "triangle": lambda u, v: _polygon(u, v, [(0, -1), (1, 0.8), (-1, 0.8)]),
+    "triangle": lambda u, v, edges=_polygon_edges([(0, -1), (1, 0.8), (-1, 0.8)]): _polygon(
+        u, v, edges),
     "star": _star,
     "cross": lambda u, v: np.minimum(_box(u, v, 1, 0.32), _box(u, v, 0.32, 1)),
-    "diamond": lambda u, v: _polygon(u, v, [(0, -1), (1, 0), (0, 1), (-1, 0)]),
+    "diamond": lambda u, v, edges=_polygon_edges([(0, -1), (1, 0), (0, 1), (-1, 0)]): _polygon(
+        u, v, edges),
 }
 
 
@@ -287,7 +297,8 @@ def _alpha(obj: ShapeObject, height: int, width: int):
     u = ((np.arange(x0, x1, dtype=np.float32) + 0.5 - cx) / r)[None, :]
     u, v = np.broadcast_arrays(u, v)
     distance = _SDF[SHAPES[obj.shape]](u, v) * r  # in pixels
-    return (slice(y0, y1), slice(x0, x1)), np.clip(0.5 - distance, 0, 1).astype(np.float32)
+    # min/max rather than np.clip: the same values, at a fraction of the call overhead
+    return (slice(y0, y1), slice(x0, x1)), np.minimum(np.maximum(0.5 - distance, 0), 1)
 
 
 def coverage(obj: ShapeObject, height: int, width: int) -> Float[np.ndarray, "height width"]:
@@ -308,7 +319,7 @@ def draw(scene: Scene, noise: float) -> UInt8[np.ndarray, "h w 3"]:
     if noise > 0:
         rng = np.random.default_rng(scene.noise_seed)
         image += rng.standard_normal(image.shape, np.float32) * np.float32(noise)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    return np.minimum(np.maximum(np.rint(image), 0), 255).astype(np.uint8)
 
 
 # Where-phrases for each grid cell: the bare place ("top left") and ways to say "there".
