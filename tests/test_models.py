@@ -143,3 +143,20 @@ def test_config_validation():
                           text=models.TextConfig.tiny(projection_dim=16))
     cfg = models.config("clip-vit-b16")
     assert dataclasses.replace(cfg, dtype="bfloat16").dtype == "bfloat16"
+
+
+def test_text_padding_mask_makes_the_embedding_independent_of_padding(getkey):
+    """With `pad_token_id`, padding is neither attended to nor averaged: a caption embeds the
+    same whatever the context length; without it, the padding changes the embedding."""
+    ids = jnp.array([1, 7, 9, 12, 2], jnp.int32)  # BOS, three tokens, EOS
+    padded = jnp.concatenate([ids, jnp.zeros(11, jnp.int32)])
+    masked_cfg = models.TextConfig.tiny(causal=False, pooling="mean", pad_token_id=0)
+    masked = models.TextTransformer(masked_cfg, key=getkey())
+    np.testing.assert_allclose(masked(ids), masked(padded), rtol=1e-5, atol=1e-6)
+    plain = models.TextTransformer(dataclasses.replace(masked_cfg, pad_token_id=None),
+                                   key=getkey())
+    assert not np.allclose(plain(ids), plain(padded), atol=1e-3)
+    # a row of nothing but padding still embeds to finite numbers (position 0 counts)
+    assert np.isfinite(masked(jnp.zeros(16, jnp.int32))).all()
+    with pytest.raises(ValueError, match="pad_token_id=5000"):
+        models.TextConfig.tiny(pad_token_id=5000)

@@ -117,6 +117,11 @@ class TextConfig:
     `pooling="eos"` takes the first `eos_token_id` position, position 0 when a sequence has
     none (HF CLIP, exactly); `"argmax"` the largest id (OpenAI CLIP); `"last"` the final
     position (SigLIP).
+
+    `pad_token_id`: when set, positions holding it are padding: no token attends to them and
+    `"mean"` pooling leaves them out, so a caption's embedding does not depend on how much
+    padding `context_length` adds (eqvlp's tokenizer pads with id 0). `None` treats every
+    position as a token, as HF and OpenAI CLIP do (their causal towers pool before the padding).
     """
 
     vocab_size: int = 49408
@@ -130,6 +135,7 @@ class TextConfig:
     causal: bool = True
     pooling: Literal["eos", "argmax", "last", "first", "mean"] = "eos"
     eos_token_id: int | None = 49407
+    pad_token_id: int | None = None
     projection_dim: int | None = 512
     projection_bias: bool = False
     remat: str | None = None
@@ -146,6 +152,11 @@ class TextConfig:
             raise ValueError(
                 f"eos_token_id={self.eos_token_id} is not an id of the {self.vocab_size}-token "
                 "vocabulary: use your tokenizer's end-of-text id, or a larger vocab_size"
+            )
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(
+                f"pad_token_id={self.pad_token_id} is not an id of the {self.vocab_size}-token "
+                "vocabulary: use your tokenizer's padding id (eqvlp's is 0), or None"
             )
 
     @property

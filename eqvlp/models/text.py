@@ -7,7 +7,7 @@ embed as NaN and a negative one would wrap to the end of it, both silently.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray, Shaped
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray, Shaped
 
 from eqvlp.losses.validation import concrete
 from eqvlp.models.config import TextConfig
@@ -115,6 +115,14 @@ class TextTransformer(eqx.Module):
         positions = self.position_embedding.weight[:length]
         return x + positions.astype(x.dtype)
 
+    def token_mask(self, token_ids: Int[Array, " length"]) -> Bool[Array, " length"] | None:
+        """`True` at the positions that are tokens, not padding (`None` without a pad id).
+        Position 0 always counts, so that a row of padding still has a key to attend to."""
+        pad = self.config.pad_token_id
+        if pad is None:
+            return None
+        return (token_ids != pad) | (jnp.arange(token_ids.shape[0]) == 0)
+
     def __call__(self, token_ids: Int[Array, " length"]) -> Float[Array, " out_dim"]:
         c = self.config
         if not hasattr(token_ids, "ndim"):
@@ -131,7 +139,8 @@ class TextTransformer(eqx.Module):
         if not jnp.issubdtype(token_ids.dtype, jnp.integer):
             raise TypeError(f"token ids must be integers, got {token_ids.dtype}: tokenize first")
         check_token_ids("text tower", token_ids, c.vocab_size)  # concrete ids: before any work
-        x = self.final_norm(self.encoder(self.embed(token_ids), causal=c.causal))
-        pooled = pool(x, c.pooling, token_ids=token_ids, eos_token_id=c.eos_token_id)
+        mask = self.token_mask(token_ids)
+        x = self.final_norm(self.encoder(self.embed(token_ids), mask=mask, causal=c.causal))
+        pooled = pool(x, c.pooling, token_ids=token_ids, eos_token_id=c.eos_token_id, mask=mask)
         out = pooled if self.projection is None else self.projection(pooled)
         return check_token_ids("text tower", token_ids, c.vocab_size, out)
