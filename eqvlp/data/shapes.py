@@ -13,6 +13,7 @@ function of `(seed, split, i)` and the config, so any worker can draw any sample
 """
 
 import dataclasses
+import functools
 import re
 from typing import NamedTuple
 
@@ -279,12 +280,11 @@ def _star(u, v):
 _SDF = {
     "circle": lambda u, v: np.hypot(u, v) - 1,
     "square": lambda u, v: _box(u, v, 0.85, 0.85),
-    "triangle": lambda u, v, edges=_polygon_edges([(0, -1), (1, 0.8), (-1, 0.8)]): _polygon(
-        u, v, edges),
+    "triangle": functools.partial(_polygon, edges=_polygon_edges([(0, -1), (1, 0.8), (-1, 0.8)])),
     "star": _star,
     "cross": lambda u, v: np.minimum(_box(u, v, 1, 0.32), _box(u, v, 0.32, 1)),
-    "diamond": lambda u, v, edges=_polygon_edges([(0, -1), (1, 0), (0, 1), (-1, 0)]): _polygon(
-        u, v, edges),
+    "diamond": functools.partial(_polygon,
+                                 edges=_polygon_edges([(0, -1), (1, 0), (0, 1), (-1, 0)])),
 }
 
 
